@@ -1,0 +1,1 @@
+"""The Sluice gateway: Workers AI and OpenAI HTTP APIs in front of the Redis job queue."""

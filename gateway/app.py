@@ -1,0 +1,78 @@
+"""The Litestar application: routers, dependencies and the Redis-backed services' lifespan."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from gateway.enqueue import JobQueue
+from gateway.errors import render
+from gateway.generation import Generations
+from gateway.health import HealthController
+from gateway.native.router import NativeController
+from gateway.openai.router import OpenAIController
+from gateway.relay import StreamRelay
+from sluice import __version__
+from sluice.config import Settings
+from sluice.contract import deserialize_arq_job, serialize_arq_job
+
+
+def create_app(settings: Settings) -> Litestar:
+    assert settings.redis_url is not None, "the gateway needs REDIS_URL"
+    redis_url = settings.redis_url
+
+    @asynccontextmanager
+    async def services(app: Litestar) -> AsyncIterator[None]:
+        redis = await create_pool(
+            RedisSettings.from_dsn(redis_url),
+            job_serializer=serialize_arq_job,
+            job_deserializer=deserialize_arq_job,
+        )
+        relay = StreamRelay(redis_url, control=redis)
+        await relay.start()
+        app.state.redis = redis
+        app.state.generations = Generations(settings, JobQueue(redis), relay)
+        # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await relay.close()
+            await redis.aclose()
+
+    def provide_redis(state: State) -> ArqRedis:
+        redis: ArqRedis = state.redis
+        return redis
+
+    def provide_generations(state: State) -> Generations:
+        generations: Generations = state.generations
+        return generations
+
+    def provide_settings() -> Settings:
+        return settings
+
+    return Litestar(
+        route_handlers=[
+            HealthController,
+            NativeController,
+            Router("/v1", route_handlers=[OpenAIController]),
+            Router("/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=[OpenAIController]),
+        ],
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "redis": Provide(provide_redis, sync_to_thread=False),
+            "generations": Provide(provide_generations, sync_to_thread=False),
+        },
+        lifespan=[services],
+        exception_handlers={Exception: render},
+        openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
+        request_max_body_size=settings.max_body_bytes,
+    )

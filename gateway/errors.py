@@ -1,0 +1,123 @@
+"""Errors rendered at the edge, in the envelope of the API the client spoke.
+
+Routes under ``/v1/`` and ``…/ai/v1/`` answer OpenAI's ``{"error": {...}}`` so the OpenAI SDK raises
+its typed exceptions; every other route answers Cloudflare's v4 envelope. Anything that is not a
+:class:`SluiceError` is turned into one here, so no client ever sees a bare 500 page.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+
+from sluice.errors import ErrorCode, SluiceError, bad_input, internal, method_not_allowed, no_route
+
+log = logging.getLogger("sluice.gateway")
+
+
+class CloudflareError(msgspec.Struct):
+    code: int
+    message: str
+
+
+class CloudflareEnvelope(msgspec.Struct):
+    result: None
+    success: bool
+    errors: list[CloudflareError]
+    messages: list[str]
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(msgspec.Struct):
+    error: OpenAIErrorBody
+
+
+#: OpenAI's ``error.type`` by HTTP status, as OpenAI's SDK maps statuses to exception classes.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_denied_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+_OPENAI_CODES = {
+    ErrorCode.NO_SUCH_MODEL: "model_not_found",
+    ErrorCode.CONTEXT_WINDOW: "context_length_exceeded",
+    ErrorCode.RATE_LIMITED: "rate_limit_exceeded",
+    ErrorCode.CAPACITY: "capacity_exceeded",
+    ErrorCode.AUTHENTICATION: "invalid_api_key",
+    ErrorCode.TIMEOUT: "timeout",
+}
+
+
+def speaks_openai(path: str) -> bool:
+    return path.startswith("/v1/") or "/ai/v1/" in path
+
+
+def cloudflare_message(error: SluiceError) -> str:
+    # Workers AI prefixes the messages of its own (3xxx/5xxx) codes; routing errors carry none.
+    return f"AiError: {error.message}" if 3000 <= error.code < 6000 else error.message
+
+
+def cloudflare_body(error: SluiceError) -> CloudflareEnvelope:
+    return CloudflareEnvelope(
+        result=None,
+        success=False,
+        errors=[CloudflareError(code=int(error.code), message=cloudflare_message(error))],
+        messages=[],
+    )
+
+
+def openai_status(error: SluiceError) -> int:
+    # OpenAI answers 404 for an unknown model; Cloudflare's table says 400.
+    return 404 if error.code is ErrorCode.NO_SUCH_MODEL else error.status
+
+
+def openai_body(error: SluiceError) -> OpenAIError:
+    status = openai_status(error)
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return OpenAIError(OpenAIErrorBody(error.message, kind, error.param, _OPENAI_CODES.get(error.code)))
+
+
+def as_sluice_error(exc: Exception) -> SluiceError:
+    if isinstance(exc, SluiceError):
+        return exc
+    if isinstance(exc, NotFoundException):
+        return no_route()
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        return (
+            bad_input(exc.detail)
+            if exc.status_code == 400
+            else SluiceError(ErrorCode.INTERNAL, exc.status_code, exc.detail)
+        )
+    log.exception("unhandled error", exc_info=exc)
+    return internal(type(exc).__name__)
+
+
+def render(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
+    if isinstance(exc, MethodNotAllowedException):
+        error = method_not_allowed(request.method)
+    else:
+        error = as_sluice_error(exc)
+    headers = {"x-should-retry": "true"} if error.retryable else None
+    if speaks_openai(request.url.path):
+        return Response(
+            openai_body(error), status_code=openai_status(error), media_type=MediaType.JSON, headers=headers
+        )
+    return Response(
+        cloudflare_body(error), status_code=error.status, media_type=MediaType.JSON, headers=headers
+    )

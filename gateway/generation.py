@@ -1,0 +1,105 @@
+"""One request's round trip, shared by both APIs: enqueue the job, then follow its events.
+
+Nothing here knows which API the client spoke; the routers translate before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from gateway.enqueue import JobQueue
+from gateway.relay import StreamRelay, Subscription
+from sluice.config import Settings
+from sluice.contract import Delta, Done, Failed, FinishReason, GenerationInput, Job, Started, Usage
+from sluice.errors import ErrorCode, SluiceError
+
+log = logging.getLogger("sluice.gateway")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def error_from(event: Failed) -> SluiceError:
+    return SluiceError(ErrorCode(event.code), event.status, event.message, retryable=event.retryable)
+
+
+@dataclass
+class Completion:
+    """A whole answer, for the non-streaming responses."""
+
+    text: str = ""
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+
+
+class GenerationHandle:
+    """The events of one queued job. Iterate for deltas; ``done`` is set at the end."""
+
+    def __init__(self, job: Job, subscription: Subscription, queue: JobQueue, timeout: float) -> None:
+        self.job = job
+        self.done: Done | None = None
+        self._subscription = subscription
+        self._queue = queue
+        self._timeout = timeout
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        while True:
+            try:
+                # A deadline per wait, not one around the generator: a timeout spanning yields
+                # would cancel whatever the consumer is doing between them.
+                async with asyncio.timeout_at(deadline):
+                    event = await self._subscription.next()
+            except TimeoutError:
+                raise SluiceError(
+                    ErrorCode.TIMEOUT, 408, f"Request timeout after {self._timeout:.0f}s", retryable=True
+                ) from None
+            if isinstance(event, Delta):
+                yield event
+            elif isinstance(event, Done):
+                self.done = event
+                return
+            elif isinstance(event, Failed):
+                raise error_from(event)
+            elif isinstance(event, Started) and event.attempt > 1:
+                log.info("job %s restarted (attempt %d)", self.id, event.attempt)
+
+    async def collect(self) -> Completion:
+        text = [delta.text async for delta in self.deltas()]
+        assert self.done is not None
+        return Completion("".join(text), self.done.finish_reason, self.done.usage)
+
+    async def close(self) -> None:
+        """Stop following; a job that has not ended is aborted so no engine works for nobody."""
+        self._subscription.close()
+        if self.done is None:
+            await self._queue.abort(self.id)
+
+
+class Generations:
+    """Starts generations: the gateway's one dependency for serving a request."""
+
+    def __init__(self, settings: Settings, queue: JobQueue, relay: StreamRelay) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._relay = relay
+
+    async def start(self, model: str, request: GenerationInput, request_id: str) -> GenerationHandle:
+        self._settings.served(model)  # 5007 for a model this deployment does not serve
+        job = Job(id=request_id, model=model, input=request)
+        subscription = self._relay.subscribe(job.id)
+        try:
+            await self._queue.submit(job)
+        except BaseException:
+            subscription.close()
+            raise
+        return GenerationHandle(job, subscription, self._queue, self._settings.job_timeout)

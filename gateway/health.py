@@ -1,0 +1,38 @@
+"""Liveness and readiness, as Kubernetes probes them."""
+
+from __future__ import annotations
+
+import msgspec
+from arq.connections import ArqRedis
+from litestar import Controller, Response, get
+from redis.exceptions import RedisError
+
+from sluice.config import Settings
+from sluice.registry import live_workers
+
+
+class Health(msgspec.Struct):
+    status: str
+    redis: bool | None = None
+    workers: int | None = None
+
+
+class HealthController(Controller):
+    tags = ("Health",)
+
+    @get("/healthz", summary="The process is up")
+    async def healthz(self) -> Health:
+        return Health(status="ok")
+
+    @get("/readyz", summary="Redis answers and at least one worker is alive")
+    async def readyz(self, redis: ArqRedis, settings: Settings) -> Response[Health]:
+        try:
+            await redis.ping()
+            workers = await live_workers(redis, settings.heartbeat_ttl)
+        except (RedisError, OSError):
+            return Response(Health(status="unavailable", redis=False, workers=0), status_code=503)
+        ready = workers > 0
+        return Response(
+            Health(status="ok" if ready else "no workers", redis=True, workers=workers),
+            status_code=200 if ready else 503,
+        )

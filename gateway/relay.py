@@ -1,0 +1,139 @@
+"""Where tokens are relayed: one multiplexed XREAD per gateway process over every open job stream.
+
+One blocking XREAD per request would need a Redis connection per open stream (redis-py's pool
+stops at 100) and caps throughput near 13k tok/s; one XREAD over all streams, handing entries to
+per-request queues, does not (DESIGN.md, Budgets). A new subscription must join the read in
+progress, so each process also reads its own *wake stream*: subscribing appends to it, which ends
+the blocked XREAD at once, and the next XREAD includes the new job stream. Streams are read from
+their first entry, so nothing a worker wrote before the subscription joined is missed.
+
+A subscriber that falls behind (its queue above ``HIGH_WATER``) is left out of the reads until it
+drains, so a slow client holds its backlog in Redis, not in gateway memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sluice.contract import EVENT_FIELD, Event, decode_event, events_key
+
+log = logging.getLogger("sluice.gateway.relay")
+
+HIGH_WATER = 256
+LOW_WATER = 64
+#: Upper bound on one XREAD's wait; wakes make it return earlier whenever the stream set changes.
+BLOCK_MS = 5_000
+#: Entries taken per stream per read.
+COUNT = 512
+
+
+class Subscription:
+    """The events of one job, in order, as the relay reads them."""
+
+    def __init__(self, relay: StreamRelay, job_id: str) -> None:
+        self.key = events_key(job_id).encode()
+        self.last_id: bytes = b"0-0"
+        self.paused = False
+        self._relay = relay
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def deliver(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+        if self._queue.qsize() >= HIGH_WATER:
+            self.paused = True
+
+    async def next(self) -> Event:
+        event = await self._queue.get()
+        if self.paused and self._queue.qsize() <= LOW_WATER:
+            self.paused = False
+            self._relay.wake()
+        return event
+
+    def close(self) -> None:
+        self._relay.unsubscribe(self)
+
+
+class StreamRelay:
+    def __init__(self, redis_url: str, control: Redis) -> None:
+        # A connection of its own: it spends most of its life blocked in XREAD.
+        self._reader = Redis.from_url(redis_url, single_connection_client=True, socket_timeout=None)
+        self._control = control
+        self._wake_key = f"sluice:wake:{uuid.uuid4().hex}".encode()
+        self._wake_id = b"0-0"
+        self._wake_pending = False
+        self._subscriptions: dict[bytes, Subscription] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sluice-relay")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError):
+            await self._control.delete(self._wake_key)
+        await self._reader.aclose()
+
+    def subscribe(self, job_id: str) -> Subscription:
+        subscription = Subscription(self, job_id)
+        self._subscriptions[subscription.key] = subscription
+        self.wake()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.pop(subscription.key, None)
+
+    def wake(self) -> None:
+        """Make the XREAD in progress return so the next one sees the changed stream set."""
+        if self._wake_pending:
+            return  # one wake per read is enough
+        self._wake_pending = True
+        task = asyncio.create_task(self._send_wake())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_wake(self) -> None:
+        try:
+            async with self._control.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=1, approximate=False)
+                pipe.expire(self._wake_key, 3600)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("relay wake failed: %s", exc)
+
+    def _streams(self) -> dict[bytes, bytes]:
+        streams = {self._wake_key: self._wake_id}
+        for key, subscription in self._subscriptions.items():
+            if not subscription.paused:
+                streams[key] = subscription.last_id
+        return streams
+
+    async def _run(self) -> None:
+        while True:
+            # Reset before taking the stream set: any subscription from here on sends a new wake.
+            self._wake_pending = False
+            try:
+                response = await self._reader.xread(self._streams(), count=COUNT, block=BLOCK_MS)
+            except RedisError as exc:
+                log.warning("relay read failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in response or ():
+                if key == self._wake_key:
+                    self._wake_id = entries[-1][0]
+                    continue
+                subscription = self._subscriptions.get(key)
+                if subscription is None:
+                    continue
+                for entry_id, fields in entries:
+                    subscription.last_id = entry_id
+                    subscription.deliver(decode_event(fields[EVENT_FIELD]))

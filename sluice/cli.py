@@ -1,0 +1,195 @@
+"""The ``sluice`` command: ``up`` (all in one), ``gateway`` and ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from sluice.config import Settings, describe, load_settings
+from sluice.redis_server import EmbeddedRedis
+
+log = logging.getLogger("sluice")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _banner(role: str, settings: Settings) -> None:
+    print(f"sluice {role}: settings {json.dumps(describe(settings), sort_keys=True)}", file=sys.stderr)
+    for served in settings.models:
+        line = f"sluice {role}: serving {served.name!r} with {served.engine} running {served.model}"
+        print(line, file=sys.stderr)
+        if served.description:
+            print(f"sluice {role}:   {served.description}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--redis-url", help="redis://… (env REDIS_URL)")
+        sub.add_argument("--log-level", help="debug, info, warning (env SLUICE_LOG_LEVEL)")
+
+    def http(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--host", help="address to listen on (env SLUICE_HOST, default 127.0.0.1)")
+        sub.add_argument("--port", type=int, help="port to listen on (env SLUICE_PORT, default 8080)")
+
+    def worker(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", dest="worker_model", help="served name this worker runs")
+        sub.add_argument("--concurrency", dest="worker_concurrency", type=int, help="jobs at once")
+
+    up = commands.add_parser("up", help="Redis (embedded unless REDIS_URL is set), a worker and the gateway")
+    for add in (common, http, worker):
+        add(up)
+    gateway = commands.add_parser("gateway", help="the HTTP gateway")
+    common(gateway)
+    http(gateway)
+    work = commands.add_parser("worker", help="a worker running one served model")
+    common(work)
+    worker(work)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    return load_settings(flags)
+
+
+def run_gateway(settings: Settings) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    if not settings.redis_url:
+        sys.exit("sluice gateway: set REDIS_URL or --redis-url (or use `sluice up`)")
+    _banner("gateway", settings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+def run_worker(settings: Settings) -> None:
+    import uvloop
+
+    from worker.main import serve
+
+    if not settings.redis_url:
+        sys.exit("sluice worker: set REDIS_URL or --redis-url (or use `sluice up`)")
+    _banner("worker", settings)
+    uvloop.run(serve(settings))
+
+
+def _wait_ready(
+    url: str, children: Sequence[subprocess.Popen[bytes]], stopped: Callable[[], bool], timeout: float = 300
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stopped() or any(child.poll() is not None for child in children):
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop(children: Sequence[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The resolved settings as environment variables, so children see exactly what ``up`` saw."""
+    env = dict(os.environ)
+    for name, value in msgspec.to_builtins(settings).items():
+        if value is None:
+            continue
+        key = "REDIS_URL" if name == "redis_url" else f"SLUICE_{name.upper()}"
+        env[key] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def run_up(settings: Settings) -> int:
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis().start()
+        settings = msgspec.structs.replace(settings, redis_url=embedded.url)
+        print(f"sluice up: started embedded redis-server at {embedded.url}", file=sys.stderr)
+    env = child_env(settings)
+    base = [sys.executable, "-m", "sluice"]
+    # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
+    gateway = subprocess.Popen([*base, "gateway"], env=env, start_new_session=True)
+    worker = subprocess.Popen([*base, "worker"], env=env, start_new_session=True)
+    children = [gateway, worker]
+    stop_requested = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    url = f"http://{settings.host}:{settings.port}"
+    try:
+        if _wait_ready(url, children, lambda: stop_requested):
+            print(f"sluice up: ready at {url} (Ctrl-C stops gateway, worker and Redis)", file=sys.stderr)
+        while not stop_requested and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        failed = [child for child in children if child.poll() not in (None, 0)]
+        if failed and not stop_requested:
+            print(f"sluice up: a process exited with {failed[0].returncode}; stopping", file=sys.stderr)
+    finally:
+        _stop(children)
+        if embedded is not None:
+            embedded.stop()
+        print("sluice up: stopped", file=sys.stderr)
+    return 0 if stop_requested else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    if args.command == "gateway":
+        run_gateway(settings)
+    elif args.command == "worker":
+        run_worker(settings)
+    else:
+        return run_up(settings)
+    return 0

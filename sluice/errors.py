@@ -1,0 +1,71 @@
+"""Errors as values: one code per failure, raised once and rendered at the edge.
+
+The codes are Cloudflare's Workers AI codes (``reference/workers-ai-api.md`` §1.4); the OpenAI
+rendering derives its ``type`` from the HTTP status, the way OpenAI's SDK maps statuses to
+exception classes.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    INTERNAL = 3001
+    TOO_LARGE = 3006
+    TIMEOUT = 3007
+    RATE_LIMITED = 3021
+    CAPACITY = 3040
+    BAD_INPUT = 5006
+    NO_SUCH_MODEL = 5007
+    CONTEXT_WINDOW = 5021
+    NO_ROUTE = 7000
+    METHOD_NOT_ALLOWED = 7001
+    AUTHENTICATION = 10000
+
+
+class SluiceError(Exception):
+    """A failure a client can act on: a Cloudflare code, an HTTP status, a message."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+        self.param = param
+        self.retryable = retryable
+
+    def __repr__(self) -> str:
+        return f"SluiceError({self.code.name}, {self.status}, {self.message!r})"
+
+
+def bad_input(detail: str, *, param: str | None = None) -> SluiceError:
+    return SluiceError(ErrorCode.BAD_INPUT, 400, f"Bad input: {detail}", param=param)
+
+
+def no_such_model(model: str) -> SluiceError:
+    return SluiceError(ErrorCode.NO_SUCH_MODEL, 400, f"No such model {model} or task", param="model")
+
+
+def no_route() -> SluiceError:
+    return SluiceError(ErrorCode.NO_ROUTE, 404, "No route for that URI")
+
+
+def method_not_allowed(method: str) -> SluiceError:
+    return SluiceError(ErrorCode.METHOD_NOT_ALLOWED, 405, f"{method} not supported for requested URI.")
+
+
+def unavailable(detail: str) -> SluiceError:
+    return SluiceError(ErrorCode.CAPACITY, 503, detail, retryable=True)
+
+
+def internal(detail: str) -> SluiceError:
+    return SluiceError(ErrorCode.INTERNAL, 500, f"Internal server error: {detail}", retryable=True)
