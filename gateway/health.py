@@ -11,7 +11,7 @@ from sluice.config import Settings
 from sluice.registry import live_workers
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     redis: bool | None = None
     workers: int | None = None

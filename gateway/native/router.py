@@ -32,8 +32,12 @@ class NativeController(Controller):
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
         served = settings.served(model.lstrip("/"))
         body = decode_json(await read_body(request, settings.max_body_bytes), GenerationInput)
-        handle = await generations.start(served.name, body, new_request_id())
+        request_id = new_request_id()
+        handle = await generations.start(served.name, body, request_id)
+        # cf-ai-req-id is the header Workers AI clients read the request id from.
+        headers = {"cf-ai-req-id": request_id, "x-request-id": request_id}
         if not body.stream:
-            return Response(await run_json(handle))
+            return Response(await run_json(handle), headers=headers)
         first, rest = await first_delta(handle)
-        return Stream(run_stream(handle, first, rest), media_type="text/event-stream", headers=HEADERS)
+        stream = run_stream(handle, first, rest)
+        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})

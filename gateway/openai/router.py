@@ -38,13 +38,15 @@ class OpenAIController(Controller):
     ) -> Response[ChatCompletion] | Stream:
         body = decode_json(await read_body(request, settings.max_body_bytes), ChatCompletionRequest)
         native = to_native(body)
-        handle = await generations.start(body.model, native, new_request_id())
+        request_id = new_request_id()
+        handle = await generations.start(body.model, native, request_id)
+        headers = {"x-request-id": request_id}
         if not body.stream:
-            return Response(await chat_json(handle, body.model))
+            return Response(await chat_json(handle, body.model), headers=headers)
         first, rest = await first_delta(handle)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = chat_stream(handle, body.model, first, rest, include_usage=include_usage)
-        return Stream(stream, media_type="text/event-stream", headers=HEADERS)
+        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})
 
     @get("/models", summary="List the served models")
     async def list_models(self, settings: Settings) -> ModelList:

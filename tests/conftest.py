@@ -1,0 +1,91 @@
+"""Real parts only: a real redis-server, real `sluice gateway` and `sluice worker` processes, the real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sluice.redis_server import EmbeddedRedis, free_port
+
+MODEL = "@cf/meta/llama-3.1-8b-instruct"
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
+
+
+def seed_schema(name: str) -> dict[str, object]:
+    """A schema from the seed (``shared/`` sits beside the checkout, in CI too)."""
+    result: dict[str, object] = json.loads((SEED / name).read_text())
+    return result
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def wait_until_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            for process in processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args} exited with {process.returncode}")
+            try:
+                if client.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready within {timeout}s")
+
+
+def start(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "sluice", role], env=env, stdout=out, stderr=out)
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class Stack:
+    url: str
+    redis_url: str
+    logs: Path
+
+    @property
+    def native_url(self) -> str:
+        return f"{self.url}/client/v4/accounts/acct/ai/run/{MODEL}"
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("logs")
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "info"}
+    worker = start("worker", env, logs / "worker.log")
+    gateway = start("gateway", env, logs / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, [worker, gateway])
+        yield Stack(url=url, redis_url=redis_server.url, logs=logs)
+    finally:
+        stop(gateway)
+        stop(worker)
