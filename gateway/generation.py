@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from gateway.enqueue import JobQueue
@@ -40,11 +40,13 @@ class Completion:
 class GenerationHandle:
     """The events of one queued job. Iterate for deltas; ``done`` is set at the end."""
 
-    def __init__(self, job: Job, subscription: Subscription, queue: JobQueue, timeout: float) -> None:
+    def __init__(
+        self, job: Job, subscription: Subscription, abort: Callable[[str], None], timeout: float
+    ) -> None:
         self.job = job
         self.done: Done | None = None
         self._subscription = subscription
-        self._queue = queue
+        self._abort = abort
         self._timeout = timeout
 
     @property
@@ -78,11 +80,15 @@ class GenerationHandle:
         assert self.done is not None
         return Completion("".join(text), self.done.finish_reason, self.done.usage)
 
-    async def close(self) -> None:
-        """Stop following; a job that has not ended is aborted so no engine works for nobody."""
+    def close(self) -> None:
+        """Stop following; a job that has not ended is aborted so no engine works for nobody.
+
+        Synchronous on purpose: it runs in ``finally`` blocks of responses whose client is gone,
+        where the server has cancelled the task and any further ``await`` would be cancelled too.
+        """
         self._subscription.close()
         if self.done is None:
-            await self._queue.abort(self.id)
+            self._abort(self.id)
 
 
 class Generations:
@@ -92,6 +98,12 @@ class Generations:
         self._settings = settings
         self._queue = queue
         self._relay = relay
+        self._aborts: set[asyncio.Task[None]] = set()
+
+    def _abort(self, job_id: str) -> None:
+        task = asyncio.create_task(self._queue.abort(job_id))
+        self._aborts.add(task)  # held until done: the event loop keeps only weak references
+        task.add_done_callback(self._aborts.discard)
 
     async def start(self, model: str, request: GenerationInput, request_id: str) -> GenerationHandle:
         self._settings.served(model)  # 5007 for a model this deployment does not serve
@@ -102,4 +114,4 @@ class Generations:
         except BaseException:
             subscription.close()
             raise
-        return GenerationHandle(job, subscription, self._queue, self._settings.job_timeout)
+        return GenerationHandle(job, subscription, self._abort, self._settings.job_timeout)

@@ -18,6 +18,6 @@ async def first_delta(handle: GenerationHandle) -> tuple[Delta | None, AsyncIter
     try:
         first = await anext(deltas, None)
     except BaseException:
-        await handle.close()
+        handle.close()
         raise
     return first, deltas

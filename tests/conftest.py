@@ -1,4 +1,4 @@
-"""Real parts only: a real redis-server, real `sluice gateway` and `sluice worker` processes, the real model."""
+"""Real parts only: a real redis-server, real gateway and worker processes, the real model."""
 
 from __future__ import annotations
 

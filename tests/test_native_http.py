@@ -36,7 +36,8 @@ def test_model_path_with_literal_or_encoded_slashes(http: httpx.Client, path: st
     assert response.status_code == 200
     body = response.json()
     assert body["success"] is True
-    assert body["errors"] == [] and body["messages"] == []
+    assert body["errors"] == []
+    assert body["messages"] == []
     assert body["result"]["usage"]["completion_tokens"] <= 4
     assert response.headers["cf-ai-req-id"]
 
@@ -86,7 +87,8 @@ def test_exactly_one_of_prompt_or_messages(http: httpx.Client, body: dict[str, o
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == 5006
-    assert "prompt" in str(error["message"]) and "messages" in str(error["message"])
+    assert "prompt" in str(error["message"])
+    assert "messages" in str(error["message"])
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,8 @@ def test_max_tokens_cuts_the_answer(client: openai.OpenAI) -> None:
         max_completion_tokens=5,
     )
     assert completion.choices[0].finish_reason == "length"
-    assert completion.usage is not None and completion.usage.completion_tokens == 5
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 5
 
 
 def test_stream_matches_the_whole_answer(client: openai.OpenAI) -> None:

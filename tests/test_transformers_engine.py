@@ -64,7 +64,7 @@ async def test_concurrent_rows_equal_generate_alone(engine: TransformersEngine) 
     expected = [reference(engine, r) for r in requests]
     results = await asyncio.gather(*(collect(engine.submit(str(i), r)) for i, r in enumerate(requests)))
     assert [text for text, _, _ in results] == expected
-    for text, tokens, done in results:
+    for _text, tokens, done in results:
         assert tokens == done.usage.completion_tokens
         assert done.finish_reason == ("length" if tokens == 32 else "stop")
 

@@ -23,7 +23,7 @@ async def run_json(handle: GenerationHandle) -> RunEnvelope:
     try:
         completion = await handle.collect()
     finally:
-        await handle.close()
+        handle.close()
     return RunEnvelope(result=RunResult(response=completion.text, usage=completion.usage))
 
 
@@ -44,5 +44,5 @@ async def run_stream(
     except SluiceError as error:
         yield frame(ErrorFrame(response="", errors=cloudflare_body(error).errors))
     finally:
-        await handle.close()
+        handle.close()
     yield DONE

@@ -18,7 +18,7 @@ async def chat_json(handle: GenerationHandle, model: str) -> ChatCompletion:
     try:
         completion = await handle.collect()
     finally:
-        await handle.close()
+        handle.close()
     return to_completion(handle.id, int(time.time()), model, completion)
 
 
@@ -42,5 +42,5 @@ async def chat_stream(
     except SluiceError as error:
         yield frame(openai_body(error))
     finally:
-        await handle.close()
+        handle.close()
     yield DONE

@@ -1,0 +1,74 @@
+"""The multiplexed relay against a real Redis: replay, wake-ups and many streams on one connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway import relay as relay_module
+from gateway.relay import StreamRelay
+from sluice.contract import Delta, Done, Usage
+from sluice.redis_server import EmbeddedRedis
+from worker.publish import EventPublisher
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def relay(
+    redis_server: EmbeddedRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[StreamRelay]:
+    # A block far longer than the test may take: only a wake-up can end a read in time.
+    monkeypatch.setattr(relay_module, "BLOCK_MS", 600_000)
+    relay = StreamRelay(redis_server.url, control=redis)
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+async def test_events_written_before_subscribing_are_replayed(relay: StreamRelay, redis: Redis) -> None:
+    publisher = EventPublisher(redis, "early", ttl_seconds=60)
+    await publisher.publish([Delta(text="a", tokens=1), Delta(text="b", tokens=1)])
+    subscription = relay.subscribe("early")
+    async with asyncio.timeout(10):
+        assert await subscription.next() == Delta(text="ab", tokens=2)  # coalesced into one entry
+    subscription.close()
+
+
+async def test_a_new_subscription_wakes_a_blocked_read(relay: StreamRelay, redis: Redis) -> None:
+    idle = relay.subscribe("idle")  # the reader is now blocked on it, for up to ten minutes
+    await asyncio.sleep(0)
+    late = relay.subscribe("late")
+    await EventPublisher(redis, "late", ttl_seconds=60).publish([Delta(text="hi", tokens=1)])
+    async with asyncio.timeout(10):
+        assert await late.next() == Delta(text="hi", tokens=1)
+    idle.close()
+    late.close()
+
+
+async def test_many_streams_each_get_their_own_events_in_order(relay: StreamRelay, redis: Redis) -> None:
+    subscriptions = {f"job{i}": relay.subscribe(f"job{i}") for i in range(150)}  # beyond a 100-conn pool
+    for round_ in range(3):
+        for job_id in subscriptions:
+            await EventPublisher(redis, job_id, 60).publish([Delta(text=f"{job_id}:{round_}", tokens=1)])
+    done = Done(finish_reason="stop", usage=Usage())
+    for job_id in subscriptions:
+        await EventPublisher(redis, job_id, 60).publish([done])
+    async with asyncio.timeout(20):
+        for job_id, subscription in subscriptions.items():
+            received = [await subscription.next() for _ in range(4)]
+            assert received == [Delta(text=f"{job_id}:{r}", tokens=1) for r in range(3)] + [done]
+            subscription.close()
+
+
+async def test_streams_expire(redis: Redis) -> None:
+    await EventPublisher(redis, "ttl", ttl_seconds=30).publish([Delta(text="x", tokens=1)])
+    assert 0 < await redis.ttl("sluice:events:ttl") <= 30
