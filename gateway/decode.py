@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
-from sluice.errors import ErrorCode, SluiceError, bad_input
+from sluice.errors import bad_input, too_large
 
 T = TypeVar("T")
 
@@ -23,10 +23,6 @@ async def read_body(request: Request[Any, Any, Any], max_bytes: int) -> bytes:
     if len(body) > max_bytes:
         raise too_large(max_bytes)
     return body
-
-
-def too_large(max_bytes: int) -> SluiceError:
-    return SluiceError(ErrorCode.TOO_LARGE, 413, f"Request is too large: the limit is {max_bytes} bytes")
 
 
 def decode_json(body: bytes, model: type[T]) -> T:

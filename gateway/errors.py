@@ -14,7 +14,15 @@ import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
-from sluice.errors import ErrorCode, SluiceError, bad_input, internal, method_not_allowed, no_route
+from sluice.errors import (
+    ErrorCode,
+    SluiceError,
+    bad_input,
+    internal,
+    method_not_allowed,
+    no_route,
+    too_large,
+)
 
 log = logging.getLogger("sluice.gateway")
 
@@ -94,16 +102,15 @@ def openai_body(error: SluiceError) -> OpenAIError:
 
 
 def as_sluice_error(exc: Exception) -> SluiceError:
+    """Litestar's own exceptions (routing, body size) and anything unexpected, as Sluice errors."""
     if isinstance(exc, SluiceError):
         return exc
     if isinstance(exc, NotFoundException):
         return no_route()
+    if isinstance(exc, HTTPException) and exc.status_code == 413:
+        return too_large()
     if isinstance(exc, HTTPException) and exc.status_code < 500:
-        return (
-            bad_input(exc.detail)
-            if exc.status_code == 400
-            else SluiceError(ErrorCode.INTERNAL, exc.status_code, exc.detail)
-        )
+        return bad_input(exc.detail)
     log.exception("unhandled error", exc_info=exc)
     return internal(type(exc).__name__)
 

@@ -59,6 +59,11 @@ def no_route() -> SluiceError:
     return SluiceError(ErrorCode.NO_ROUTE, 404, "No route for that URI")
 
 
+def too_large(limit: int | None = None) -> SluiceError:
+    detail = f": the limit is {limit} bytes" if limit is not None else ""
+    return SluiceError(ErrorCode.TOO_LARGE, 413, f"Request is too large{detail}")
+
+
 def method_not_allowed(method: str) -> SluiceError:
     return SluiceError(ErrorCode.METHOD_NOT_ALLOWED, 405, f"{method} not supported for requested URI.")
 

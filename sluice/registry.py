@@ -14,8 +14,11 @@ from sluice.contract import WORKERS_KEY, WorkerInfo, encode, worker_key
 
 
 async def beat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
+    now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zadd(WORKERS_KEY, {info.id: int(time.time() * 1000)})
+        pipe.zadd(WORKERS_KEY, {info.id: now_ms})
+        # Forget workers silent for ten TTLs (killed ones never deregister).
+        pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - int(ttl * 10_000))
         pipe.set(worker_key(info.id), encode(info), px=int(ttl * 1000))
         await pipe.execute()
 

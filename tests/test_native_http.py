@@ -135,3 +135,9 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     ready = http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["workers"] >= 1
+
+
+def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
+    response = http.post(RUN, json={"prompt": "x" * 1_100_000})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == 3006
