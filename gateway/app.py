@@ -12,13 +12,18 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from gateway.decode import body_components
 from gateway.enqueue import JobQueue
 from gateway.errors import render
 from gateway.generation import Generations
 from gateway.health import HealthController
+from gateway.native.protocol import RunRequest
 from gateway.native.router import NativeController
-from gateway.openai.router import OpenAIController
+from gateway.openai import CONTROLLERS as OPENAI
+from gateway.openai.chat.protocol import ChatCompletionRequest
+from gateway.openai.completions.protocol import CompletionRequest
 from gateway.relay import StreamRelay
+from gateway.tokens import PromptCounter
 from sluice import __version__
 from sluice.config import Settings
 from sluice.contract import deserialize_arq_job, serialize_arq_job
@@ -38,7 +43,7 @@ def create_app(settings: Settings) -> Litestar:
         relay = StreamRelay(redis_url, control=redis)
         await relay.start()
         app.state.redis = redis
-        app.state.generations = Generations(settings, JobQueue(redis), relay)
+        app.state.generations = Generations(settings, JobQueue(redis), relay, PromptCounter(redis))
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
         gc.collect()
         gc.freeze()
@@ -63,8 +68,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             NativeController,
-            Router("/v1", route_handlers=[OpenAIController]),
-            Router("/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=[OpenAIController]),
+            Router("/v1", route_handlers=OPENAI),
+            Router("/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI),
         ],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
@@ -73,6 +78,11 @@ def create_app(settings: Settings) -> Litestar:
         },
         lifespan=[services],
         exception_handlers={Exception: render},
-        openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
+        openapi_config=OpenAPIConfig(
+            title="Sluice",
+            version=__version__,
+            path="/docs",
+            components=body_components(RunRequest, ChatCompletionRequest, CompletionRequest),
+        ),
         request_max_body_size=settings.max_body_bytes,
     )

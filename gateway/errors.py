@@ -12,7 +12,13 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.openapi.datastructures import ResponseSpec
 
 from sluice.errors import (
     ErrorCode,
@@ -91,8 +97,13 @@ def cloudflare_body(error: SluiceError) -> CloudflareEnvelope:
 
 
 def openai_status(error: SluiceError) -> int:
-    # OpenAI answers 404 for an unknown model; Cloudflare's table says 400.
-    return 404 if error.code is ErrorCode.NO_SUCH_MODEL else error.status
+    # OpenAI answers 404 for an unknown model (Cloudflare's table says 400), and 400 for a
+    # request over the context window (Cloudflare: 413).
+    if error.code is ErrorCode.NO_SUCH_MODEL:
+        return 404
+    if error.code is ErrorCode.CONTEXT_WINDOW:
+        return 400
+    return error.status
 
 
 def openai_body(error: SluiceError) -> OpenAIError:
@@ -101,18 +112,57 @@ def openai_body(error: SluiceError) -> OpenAIError:
     return OpenAIError(OpenAIErrorBody(error.message, kind, error.param, _OPENAI_CODES.get(error.code)))
 
 
+def invalid_body(exc: ValidationException) -> SluiceError:
+    """Litestar's body validation (msgspec, with the schema's bounds) as one 5006 naming the field."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    for problem in problems:
+        if not isinstance(problem, dict):
+            continue
+        key, message = str(problem.get("key", "")), str(problem.get("message", ""))
+        if key == "data" and message == "'data'":
+            return bad_input("the request body is empty; send a JSON object")
+        if key == "data":  # a failure of the whole body: shape, unknown field, cross-field rule
+            return bad_input(message)
+        return bad_input(f"{key}: {message}", param=key)
+    return bad_input(exc.detail)
+
+
 def as_sluice_error(exc: Exception) -> SluiceError:
     """Litestar's own exceptions (routing, body size) and anything unexpected, as Sluice errors."""
     if isinstance(exc, SluiceError):
         return exc
     if isinstance(exc, NotFoundException):
         return no_route()
+    if isinstance(exc, ValidationException):
+        return invalid_body(exc)
     if isinstance(exc, HTTPException) and exc.status_code == 413:
         return too_large()
     if isinstance(exc, HTTPException) and exc.status_code < 500:
-        return bad_input(exc.detail)
+        # msgspec's decode errors ("Input data was truncated", "JSON is malformed: …").
+        return bad_input(f"malformed JSON body: {exc.detail}")
     log.exception("unhandled error", exc_info=exc)
     return internal(type(exc).__name__)
+
+
+def _specs(container: type, statuses: dict[int, str]) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(data_container=container, description=text, generate_examples=False)
+        for status, text in statuses.items()
+    }
+
+
+_STATUSES = {
+    400: "Bad input (5006), unknown model (5007)",
+    404: "No such route or model",
+    408: "Request timeout (3007)",
+    413: "Request too large (3006) or over the context window (5021)",
+    429: "Rate limited (3021) or capacity exceeded (3040)",
+    500: "Internal error (3001)",
+    503: "Temporarily unavailable (3040)",
+}
+#: The error responses of every route, for the OpenAPI document.
+CLOUDFLARE_ERRORS = _specs(CloudflareEnvelope, _STATUSES)
+OPENAI_ERRORS = _specs(OpenAIError, _STATUSES)
 
 
 def render(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:

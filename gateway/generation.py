@@ -13,9 +13,21 @@ from dataclasses import dataclass, field
 
 from gateway.enqueue import JobQueue
 from gateway.relay import StreamRelay, Subscription
+from gateway.tokens import PromptCounter
 from sluice.config import Settings
-from sluice.contract import Delta, Done, Failed, FinishReason, GenerationInput, Job, Started, Usage
-from sluice.errors import ErrorCode, SluiceError
+from sluice.contract import (
+    Delta,
+    Done,
+    Failed,
+    FinishReason,
+    GenerationInput,
+    Job,
+    Started,
+    ToolCall,
+    ToolCalls,
+    Usage,
+)
+from sluice.errors import ErrorCode, SluiceError, bad_input, capacity_exceeded, check_context_window
 
 log = logging.getLogger("sluice.gateway")
 
@@ -35,10 +47,15 @@ class Completion:
     text: str = ""
     finish_reason: FinishReason = "stop"
     usage: Usage = field(default_factory=Usage)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+#: What a generation yields before it ends: text, or the tool calls that replace it.
+Output = Delta | ToolCalls
 
 
 class GenerationHandle:
-    """The events of one queued job. Iterate for deltas; ``done`` is set at the end."""
+    """The events of one queued job. Iterate :meth:`outputs`; ``done`` is set at the end."""
 
     def __init__(
         self, job: Job, subscription: Subscription, abort: Callable[[str], None], timeout: float
@@ -53,7 +70,7 @@ class GenerationHandle:
     def id(self) -> str:
         return self.job.id
 
-    async def deltas(self) -> AsyncIterator[Delta]:
+    async def outputs(self) -> AsyncIterator[Output]:
         deadline = asyncio.get_running_loop().time() + self._timeout
         while True:
             try:
@@ -65,7 +82,7 @@ class GenerationHandle:
                 raise SluiceError(
                     ErrorCode.TIMEOUT, 408, f"Request timeout after {self._timeout:.0f}s", retryable=True
                 ) from None
-            if isinstance(event, Delta):
+            if isinstance(event, Delta | ToolCalls):
                 yield event
             elif isinstance(event, Done):
                 self.done = event
@@ -76,9 +93,15 @@ class GenerationHandle:
                 log.info("job %s restarted (attempt %d)", self.id, event.attempt)
 
     async def collect(self) -> Completion:
-        text = [delta.text async for delta in self.deltas()]
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        async for output in self.outputs():
+            if isinstance(output, Delta):
+                text.append(output.text)
+            else:
+                calls.extend(output.calls)
         assert self.done is not None
-        return Completion("".join(text), self.done.finish_reason, self.done.usage)
+        return Completion("".join(text), self.done.finish_reason, self.done.usage, calls)
 
     def close(self) -> None:
         """Stop following; a job that has not ended is aborted so no engine works for nobody.
@@ -94,10 +117,13 @@ class GenerationHandle:
 class Generations:
     """Starts generations: the gateway's one dependency for serving a request."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, relay: StreamRelay) -> None:
+    def __init__(
+        self, settings: Settings, queue: JobQueue, relay: StreamRelay, counter: PromptCounter
+    ) -> None:
         self._settings = settings
         self._queue = queue
         self._relay = relay
+        self._counter = counter
         self._aborts: set[asyncio.Task[None]] = set()
 
     def _abort(self, job_id: str) -> None:
@@ -105,8 +131,19 @@ class Generations:
         self._aborts.add(task)  # held until done: the event loop keeps only weak references
         task.add_done_callback(self._aborts.discard)
 
-    async def start(self, model: str, request: GenerationInput, request_id: str) -> GenerationHandle:
-        self._settings.served(model)  # 5007 for a model this deployment does not serve
+    async def start(
+        self, model: str, request: GenerationInput, request_id: str, *, reject_if_busy: bool = False
+    ) -> GenerationHandle:
+        """Queue one generation; every check that can fail without a worker fails here, first."""
+        served = self._settings.served(model)  # 5007 for a model this deployment does not serve
+        prompt_tokens = await self._counter.count(model, request)
+        if prompt_tokens is not None:
+            check_context_window(prompt_tokens, request.max_tokens, served.context_window)
+        if request.lora:
+            # No adapter registry yet: every name is unknown, and saying so beats ignoring it.
+            raise bad_input(f"lora: no LoRA adapter named {request.lora!r} exists", param="lora")
+        if reject_if_busy and await self._queue.busy(model, self._settings.heartbeat_ttl):
+            raise capacity_exceeded()
         job = Job(id=request_id, model=model, input=request)
         subscription = self._relay.subscribe(job.id)
         try:

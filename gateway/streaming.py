@@ -1,23 +1,22 @@
-"""Helpers for streamed responses: commit to a 200 only once the first token (or error) is known."""
+"""Helpers for streamed responses: commit to a 200 only once the first output (or error) is known."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from gateway.generation import GenerationHandle
-from sluice.contract import Delta
+from gateway.generation import GenerationHandle, Output
 
 
-async def first_delta(handle: GenerationHandle) -> tuple[Delta | None, AsyncIterator[Delta]]:
-    """Wait for the first delta, so a failure before any output answers with a real HTTP error.
+async def first_output(handle: GenerationHandle) -> tuple[Output | None, AsyncIterator[Output]]:
+    """Wait for the first output, so a failure before any answers with a real HTTP error.
 
-    Returns ``None`` for a generation that ended without text (``handle.done`` is then set).
+    Returns ``None`` for a generation that ended without output (``handle.done`` is then set).
     On error the handle is closed and the :class:`SluiceError` propagates.
     """
-    deltas = handle.deltas()
+    outputs = handle.outputs()
     try:
-        first = await anext(deltas, None)
+        first = await anext(outputs, None)
     except BaseException:
         handle.close()
         raise
-    return first, deltas
+    return first, outputs

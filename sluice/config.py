@@ -79,6 +79,9 @@ class Settings(Struct, kw_only=True):
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1_048_576
     log_level: str = "info"
+    #: The ``synthetic`` load-test engine: tokens per second per stream, and seconds to the first.
+    synthetic_tokens_per_second: float = 100.0
+    synthetic_first_token_delay: float = 0.0
 
     def served(self, name: str) -> ServedModel:
         for model in self.models:

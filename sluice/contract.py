@@ -37,6 +37,11 @@ def events_key(job_id: str) -> str:
     return f"sluice:events:{job_id}"
 
 
+def tokenizer_key(model: str) -> str:
+    """The served model's ``tokenizer.json``, published by its workers for the gateway's counts."""
+    return f"sluice:tokenizer:{model}"
+
+
 def worker_key(worker_id: str) -> str:
     """A worker's advertisement (:class:`WorkerInfo`), expiring unless refreshed."""
     return f"sluice:worker:{worker_id}"
@@ -45,6 +50,8 @@ def worker_key(worker_id: str) -> str:
 # --- The one internal request schema ------------------------------------------------------------
 
 Content = Annotated[str, Meta(max_length=131072)]
+JsonObject = dict[str, Any]
+NO_PARAMETERS: JsonObject = {"type": "object", "properties": {}}
 
 
 class TextPart(Struct, forbid_unknown_fields=False):
@@ -52,12 +59,25 @@ class TextPart(Struct, forbid_unknown_fields=False):
     text: Content
 
 
+class FunctionCall(Struct):
+    """A call as OpenAI clients send it back in an assistant message (``arguments`` is JSON text)."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallIn(Struct, kw_only=True):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
 class Message(Struct, omit_defaults=True):
     role: str
     content: Content | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -65,11 +85,71 @@ class Message(Struct, omit_defaults=True):
         return self.content or ""
 
 
+class Function(Struct, omit_defaults=True):
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
+    description: str = ""
+    #: A JSON Schema object; the seed schema asks for ``{type, properties, required?}``.
+    parameters: JsonObject = msgspec.field(default_factory=lambda: dict(NO_PARAMETERS))
+
+
+class Tool(Struct, omit_defaults=True):
+    """Either shape the schema allows: ``{name, description, parameters}`` (legacy) or OpenAI's
+    ``{type: "function", function: {…}}``. :meth:`spec` gives the one normal form."""
+
+    type: Literal["function"] | None = None
+    function: Function | None = None
+    name: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    description: str | None = None
+    parameters: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        if (self.function is None) == (self.name is None):
+            raise ValueError("each tool is either {name, description, parameters} or {type, function}")
+
+    def spec(self) -> Function:
+        if self.function is not None:
+            return self.function
+        assert self.name is not None
+        return Function(self.name, self.description or "", self.parameters or dict(NO_PARAMETERS))
+
+
+class FunctionCode(Struct):
+    """The schema's ``functions`` entries: code the caller defines (accepted, not executed)."""
+
+    name: str
+    code: str
+
+
+class FunctionName(Struct):
+    name: str
+
+
+class NamedToolChoice(Struct):
+    function: FunctionName
+    type: Literal["function"] = "function"
+
+
+#: OpenAI's ``tool_choice``; not a Workers AI field, carried so the translation loses nothing.
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+class ResponseFormat(Struct, omit_defaults=True):
+    """JSON mode. Native clients send a bare schema under ``json_schema``; the OpenAI translation
+    unwraps OpenAI's ``{name, schema, strict}`` into the same."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonObject | None = None
+
+    @property
+    def is_json(self) -> bool:
+        return self.type != "text"
+
+
 class GenerationInput(Struct, omit_defaults=True):
     """The Workers AI text-generation input, Prompt or Messages form, with the seed's bounds."""
 
     prompt: Annotated[str, Meta(min_length=1, max_length=131072)] | None = None
-    messages: list[Message] | None = None
+    messages: Annotated[list[Message], Meta(min_length=1)] | None = None
     raw: bool = False
     stream: bool = False
     max_tokens: Annotated[int, Meta(ge=1)] = 256
@@ -81,15 +161,27 @@ class GenerationInput(Struct, omit_defaults=True):
     frequency_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
     presence_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
     lora: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    functions: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    functions: list[FunctionCode] | None = None
+    response_format: ResponseFormat | None = None
     #: OpenAI's ``stop``; not a Workers AI field, carried so the translation loses nothing.
     stop: list[str] | None = None
+    tool_choice: ToolChoice | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("exactly one of 'prompt' or 'messages' is required")
+
+    @property
+    def wants_json(self) -> bool:
+        return self.response_format is not None and self.response_format.is_json
+
+    @property
+    def tools_offered(self) -> list[Function]:
+        """The tools the model may call (none when ``tool_choice`` is ``"none"``)."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        return [tool.spec() for tool in self.tools]
 
 
 class Job(Struct, omit_defaults=True):
@@ -126,6 +218,20 @@ class Delta(Struct, tag="delta"):
     tokens: int
 
 
+class ToolCall(Struct):
+    """A tool call parsed from the model's output; ``arguments`` is the decoded object."""
+
+    id: str
+    name: str
+    arguments: JsonObject
+
+
+class ToolCalls(Struct, tag="tool_calls"):
+    """The answer is a request to call tools (sent instead of text, before :class:`Done`)."""
+
+    calls: list[ToolCall]
+
+
 class Done(Struct, tag="done"):
     finish_reason: FinishReason
     usage: Usage
@@ -140,7 +246,7 @@ class Failed(Struct, tag="failed"):
     retryable: bool = False
 
 
-Event = Started | Delta | Done | Failed
+Event = Started | Delta | ToolCalls | Done | Failed
 
 
 class WorkerInfo(Struct):
@@ -162,7 +268,7 @@ _event_decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
 _worker_decoder = msgspec.msgpack.Decoder(WorkerInfo)
 
 
-def encode(value: Job | Started | Delta | Done | Failed | WorkerInfo) -> bytes:
+def encode(value: Job | Event | WorkerInfo) -> bytes:
     return _encoder.encode(value)
 
 

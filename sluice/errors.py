@@ -72,5 +72,24 @@ def unavailable(detail: str) -> SluiceError:
     return SluiceError(ErrorCode.CAPACITY, 503, detail, retryable=True)
 
 
+def capacity_exceeded() -> SluiceError:
+    """``options.rejectIfBusy`` with every worker busy: Workers AI's exact answer."""
+    return SluiceError(
+        ErrorCode.CAPACITY, 429, "Capacity temporarily exceeded, please try again.", retryable=True
+    )
+
+
 def internal(detail: str) -> SluiceError:
     return SluiceError(ErrorCode.INTERNAL, 500, f"Internal server error: {detail}", retryable=True)
+
+
+def check_context_window(prompt_tokens: int, max_tokens: int, window: int) -> None:
+    """Workers AI's rule: prompt tokens + max_tokens must fit the model's context window."""
+    if prompt_tokens + max_tokens > window:
+        raise SluiceError(
+            ErrorCode.CONTEXT_WINDOW,
+            413,
+            f"The estimated number of input and maximum output tokens ({prompt_tokens + max_tokens}) "
+            f"exceeded this model context window limit ({window}).",
+            param="max_tokens",
+        )

@@ -75,17 +75,35 @@ class Stack:
         return f"{self.url}/client/v4/accounts/acct/ai/run/{MODEL}"
 
 
-@pytest.fixture(scope="session")
-def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("logs")
+def run_stack(redis_url: str, logs: Path, **settings: str) -> Iterator[Stack]:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_server.url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "info"}
+    env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "info"}
+    env.update({f"SLUICE_{name.upper()}": value for name, value in settings.items()})
     worker = start("worker", env, logs / "worker.log")
     gateway = start("gateway", env, logs / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, [worker, gateway])
-        yield Stack(url=url, redis_url=redis_server.url, logs=logs)
+        yield Stack(url=url, redis_url=redis_url, logs=logs)
     finally:
         stop(gateway)
         stop(worker)
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Gateway and a worker running the real CPU model."""
+    yield from run_stack(redis_server.url, tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Gateway and a worker on the synthetic engine (fast, no model), on their own Redis database
+    so their queue is not the real model's."""
+    models = [{"name": MODEL, "engine": "synthetic", "model": "synthetic"}]
+    yield from run_stack(
+        redis_server.url.rsplit("/", 1)[0] + "/1",
+        tmp_path_factory.mktemp("synthetic-logs"),
+        models=json.dumps(models),
+        synthetic_tokens_per_second="5000",
+    )

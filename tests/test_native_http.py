@@ -79,7 +79,7 @@ def test_malformed_json(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"input": "hello"}, {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}],
+    [{}, {"max_tokens": 5}, {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}],
     ids=["empty", "neither", "both"],
 )
 def test_exactly_one_of_prompt_or_messages(http: httpx.Client, body: dict[str, object]) -> None:

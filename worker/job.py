@@ -9,10 +9,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sluice.contract import Delta, Done, Event, Failed, Job, Started, decode_job
+from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
 from sluice.errors import SluiceError, internal
 from worker.engines.base import Engine, Output
+from worker.prompt import prepare
 from worker.publish import EventPublisher
+from worker.tools import may_be_tool_call, new_tool_call_id, parse_tool_calls
 
 log = logging.getLogger("sluice.worker.job")
 
@@ -44,14 +46,62 @@ def to_events(outputs: list[Output]) -> tuple[list[Event], bool]:
     return events, False
 
 
+class ToolCallWatch:
+    """With tools offered, text is held back while it may still be a tool call; at the end it is
+    parsed, and a call goes out as :class:`ToolCalls` instead of text. Plain answers start
+    streaming as soon as their first characters rule a call out."""
+
+    def __init__(self, tools: list[Function]) -> None:
+        self._tools = tools
+        self._held: list[Delta] = []
+        self._deciding = bool(tools)
+
+    def _release(self) -> list[Event]:
+        self._deciding = False
+        if not self._held:
+            return []
+        text, tokens = "".join(d.text for d in self._held), sum(d.tokens for d in self._held)
+        return [Delta(text=text, tokens=tokens)]
+
+    def filter(self, events: list[Event]) -> list[Event]:
+        if not self._deciding:
+            return events
+        out: list[Event] = []
+        for event in events:
+            if not self._deciding:
+                out.append(event)
+            elif isinstance(event, Delta):
+                self._held.append(event)
+                if not may_be_tool_call("".join(d.text for d in self._held)):
+                    out.extend(self._release())
+            elif isinstance(event, Done):
+                text = "".join(d.text for d in self._held)
+                calls = parse_tool_calls(text, self._tools, new_tool_call_id)
+                if calls:
+                    self._deciding = False
+                    out += [ToolCalls(calls), Done(finish_reason="tool_calls", usage=event.usage)]
+                else:
+                    out += [*self._release(), event]
+            else:
+                out.append(event)
+        return out
+
+
 async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     publisher = EventPublisher(deps.redis, job.id, deps.stream_ttl)
     await publisher.publish([Started(worker=deps.worker_id, attempt=attempt)])
-    generation = deps.engine.submit(f"{job.id}:{attempt}", job.input)
+    try:
+        request = prepare(job.input)
+    except SluiceError as error:
+        await publisher.publish([failed(error)])
+        return
+    generation = deps.engine.submit(f"{job.id}:{attempt}", request)
+    watch = ToolCallWatch(job.input.tools_offered)
     sent = 0
     try:
         while True:
             events, ended = to_events(await generation.next_batch())
+            events = watch.filter(events)
             await publisher.publish(events)
             sent += sum(e.tokens for e in events if isinstance(e, Delta))
             if ended:

@@ -19,7 +19,14 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func
 
 from sluice.config import Settings
-from sluice.contract import GENERATE, WorkerInfo, deserialize_arq_job, queue_key, serialize_arq_job
+from sluice.contract import (
+    GENERATE,
+    WorkerInfo,
+    deserialize_arq_job,
+    queue_key,
+    serialize_arq_job,
+    tokenizer_key,
+)
 from sluice.registry import deregister, heartbeat
 from worker.engines import create_engine
 from worker.job import JobDeps, generate
@@ -62,6 +69,9 @@ async def serve(settings: Settings) -> None:
         job_deserializer=deserialize_arq_job,
         default_queue_name=queue,
     )
+    tokenizer = engine.tokenizer_json()
+    if tokenizer is not None:
+        await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
     deps = JobDeps(redis=pool, engine=engine, worker_id=worker_id, stream_ttl=settings.stream_ttl)
     worker = build_worker(settings, deps, queue, pool)

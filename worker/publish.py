@@ -31,6 +31,8 @@ class EventPublisher:
         self._ttl = ttl_seconds
 
     async def publish(self, events: Sequence[Event]) -> None:
+        if not events:  # text held back (a possible tool call): nothing to say yet
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in coalesce(events):
                 pipe.xadd(self._key, {EVENT_FIELD: encode(event)})

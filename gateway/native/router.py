@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, Response, post
+from litestar import Controller, Response, post
 from litestar.response import Stream
 
-from gateway.decode import decode_json, read_body
+from gateway.decode import documented_body, json_body
+from gateway.errors import CLOUDFLARE_ERRORS
 from gateway.generation import Generations, new_request_id
-from gateway.native.protocol import RunEnvelope
+from gateway.native.protocol import RunEnvelope, RunRequest
 from gateway.native.serving import run_json, run_stream
 from gateway.sse import HEADERS
-from gateway.streaming import first_delta
+from gateway.streaming import first_output
 from sluice.config import Settings
-from sluice.contract import GenerationInput
 
 
 class NativeController(Controller):
     path = "/client/v4/accounts/{account_id:str}/ai"
     tags = ("Workers AI",)
 
-    @post("/run/{model:path}", status_code=200, summary="Run a text-generation model")
+    @post(
+        "/run/{model:path}",
+        status_code=200,
+        summary="Run a text-generation model",
+        description="JSON by default; Server-Sent Events `{response}` frames with `stream: true`.",
+        operation_class=documented_body(RunRequest),
+        dependencies={"payload": json_body(RunRequest)},
+        responses=CLOUDFLARE_ERRORS,
+    )
     async def run(
-        self,
-        request: Request[Any, Any, Any],
-        model: str,
-        settings: Settings,
-        generations: Generations,
-    ) -> Response[RunEnvelope] | Stream:
+        self, model: str, payload: RunRequest, settings: Settings, generations: Generations
+    ) -> Response[RunEnvelope]:
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
         served = settings.served(model.lstrip("/"))
-        body = decode_json(await read_body(request, settings.max_body_bytes), GenerationInput)
         request_id = new_request_id()
-        handle = await generations.start(served.name, body, request_id)
+        busy_rejects = payload.options is not None and payload.options.reject_if_busy
+        handle = await generations.start(served.name, payload, request_id, reject_if_busy=busy_rejects)
         # cf-ai-req-id is the header Workers AI clients read the request id from.
         headers = {"cf-ai-req-id": request_id, "x-request-id": request_id}
-        if not body.stream:
-            return Response(await run_json(handle), headers=headers)
-        first, rest = await first_delta(handle)
+        if not payload.stream:
+            return Response(await run_json(handle, payload), headers=headers)
+        first, rest = await first_output(handle)
         stream = run_stream(handle, first, rest)
-        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})
+        # Annotated as the JSON envelope for the OpenAPI document; streams are its other media type.
+        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})  # type: ignore[return-value]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 
 from gateway.errors import CloudflareError, cloudflare_body
-from gateway.generation import GenerationHandle
-from gateway.native.protocol import RunEnvelope, RunResult, StreamFrame
+from gateway.generation import Completion, GenerationHandle, Output
+from gateway.native.protocol import LegacyToolCall, RunEnvelope, RunRequest, RunResult, StreamFrame
 from gateway.sse import DONE, frame
-from sluice.contract import Delta
-from sluice.errors import SluiceError
+from sluice.contract import Delta, JsonObject
+from sluice.errors import SluiceError, bad_input
 
 _PADDING = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -19,26 +20,55 @@ def padding() -> str:
     return _PADDING[: random.randint(1, len(_PADDING))]
 
 
-async def run_json(handle: GenerationHandle) -> RunEnvelope:
+def json_response(completion: Completion) -> JsonObject:
+    """JSON mode's ``response``: the object the constrained output spells."""
+    try:
+        value = json.loads(completion.text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        reason = "it reached max_tokens first" if completion.finish_reason == "length" else "it is not"
+        raise bad_input(
+            f"JSON Mode couldn't be met: the output is not a complete JSON object ({reason})",
+            param="max_tokens" if completion.finish_reason == "length" else "response_format",
+        )
+    return value
+
+
+def run_result(request: RunRequest, completion: Completion) -> RunResult:
+    if completion.tool_calls:
+        calls = [LegacyToolCall.of(call) for call in completion.tool_calls]
+        return RunResult(response="", usage=completion.usage, tool_calls=calls)
+    response = json_response(completion) if request.wants_json else completion.text
+    return RunResult(response=response, usage=completion.usage)
+
+
+async def run_json(handle: GenerationHandle, request: RunRequest) -> RunEnvelope:
     try:
         completion = await handle.collect()
     finally:
         handle.close()
-    return RunEnvelope(result=RunResult(response=completion.text, usage=completion.usage))
+    return RunEnvelope(result=run_result(request, completion))
 
 
 class ErrorFrame(StreamFrame, omit_defaults=True):
     errors: list[CloudflareError] | None = None
 
 
+def output_frame(output: Output) -> bytes:
+    if isinstance(output, Delta):
+        return frame(StreamFrame(response=output.text, p=padding()))
+    return frame(StreamFrame(response="", tool_calls=[LegacyToolCall.of(call) for call in output.calls]))
+
+
 async def run_stream(
-    handle: GenerationHandle, first: Delta | None, rest: AsyncIterator[Delta]
+    handle: GenerationHandle, first: Output | None, rest: AsyncIterator[Output]
 ) -> AsyncIterator[bytes]:
     try:
         if first is not None:
-            yield frame(StreamFrame(response=first.text, p=padding()))
-            async for delta in rest:
-                yield frame(StreamFrame(response=delta.text, p=padding()))
+            yield output_frame(first)
+            async for output in rest:
+                yield output_frame(output)
         assert handle.done is not None
         yield frame(StreamFrame(response="", usage=handle.done.usage))
     except SluiceError as error:

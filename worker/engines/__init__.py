@@ -12,4 +12,9 @@ def create_engine(served: ServedModel, settings: Settings) -> Engine:
         from worker.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(served, settings.cache_dir)
+    if served.engine == "synthetic":
+        from worker.engines.synthetic import SyntheticEngine
+
+        rate, delay = settings.synthetic_tokens_per_second, settings.synthetic_first_token_delay
+        return SyntheticEngine(served, tokens_per_second=rate, first_token_delay=delay)
     raise ValueError(f"engine {served.engine!r} is not available in this build")

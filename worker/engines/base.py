@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from sluice.config import ServedModel
-from sluice.contract import Delta, Done, GenerationInput
+from sluice.contract import Delta, Done, GenerationInput, JsonObject
 from sluice.errors import SluiceError
 
 Output = Delta | Done | SluiceError
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One request as an engine runs it, whatever API the client spoke.
+
+    The worker has already done what is engine-agnostic: tools rendered into the chat
+    (``worker/tools.py``) and the decoding constraint chosen (JSON mode, forced tool calls).
+    """
+
+    input: GenerationInput
+    #: Chat messages for the model's own template; ``None`` sends ``input.prompt`` verbatim (raw).
+    messages: list[dict[str, str]] | None
+    #: Decode only JSON valid against this schema (``{"type": "object"}`` for plain JSON mode).
+    json_schema: JsonObject | None = None
 
 
 class Generation:
@@ -43,6 +59,11 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    def submit(self, request_id: str, request: GenerationInput) -> Generation: ...
+    def tokenizer_json(self) -> str | None:
+        """The model's tokenizer as ``tokenizer.json`` text, published for the gateway's token
+        counts; ``None`` for an engine without one."""
+        ...
+
+    def submit(self, request_id: str, request: EngineRequest) -> Generation: ...
 
     async def close(self) -> None: ...

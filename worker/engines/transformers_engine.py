@@ -46,8 +46,8 @@ from transformers.utils import logging as hf_logging
 
 from sluice.config import ServedModel
 from sluice.contract import Delta, Done, GenerationInput, Usage
-from sluice.errors import ErrorCode, SluiceError, internal
-from worker.engines.base import Generation, Output
+from sluice.errors import ErrorCode, SluiceError, check_context_window, internal
+from worker.engines.base import EngineRequest, Generation, Output
 from worker.engines.detokenize import IncrementalDetokenizer
 
 log = logging.getLogger("sluice.worker.engine")
@@ -170,7 +170,7 @@ class Sampler:
 @dataclass(eq=False)
 class _Row:
     request_id: str
-    request: GenerationInput
+    request: EngineRequest
     generation: Generation
     loop: asyncio.AbstractEventLoop
     prompt: list[int] = field(default_factory=list)
@@ -272,12 +272,16 @@ class TransformersEngine:
         self.max_positions = min(self.served.context_window, self.model.config.max_position_embeddings)
         log.info("loaded %s from %s (%s)", self.served.model, path, self.dtype)
 
-    def submit(self, request_id: str, request: GenerationInput) -> Generation:
+    def submit(self, request_id: str, request: EngineRequest) -> Generation:
         row: _Row
         generation = Generation(cancel=lambda: setattr(row, "cancelled", True))
         row = _Row(request_id, request, generation, asyncio.get_running_loop())
         self._pending.put(row)
         return generation
+
+    def tokenizer_json(self) -> str | None:
+        text: str = self.tokenizer.backend_tokenizer.to_str()
+        return text
 
     async def close(self) -> None:
         self._stopping = True
@@ -287,15 +291,13 @@ class TransformersEngine:
 
     # --- the engine thread ---
 
-    def prompt_ids(self, request: GenerationInput) -> list[int]:
-        if request.prompt is not None and request.raw:
-            ids: list[int] = self.tokenizer.encode(request.prompt, add_special_tokens=False)
+    def prompt_ids(self, request: EngineRequest) -> list[int]:
+        if request.messages is None:
+            ids: list[int] = self.tokenizer.encode(request.input.prompt or "", add_special_tokens=False)
             return ids
-        if request.messages is not None:
-            messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        else:
-            messages = [{"role": "user", "content": request.prompt or ""}]
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        encoded = self.tokenizer.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=True
+        )
         ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
         return list(ids)
 
@@ -336,17 +338,10 @@ class TransformersEngine:
                 self._fail(row, internal(str(exc)))
 
     def _prefill(self, batch: _Batch, row: _Row) -> None:
-        request = row.request
-        row.prompt = self.prompt_ids(request)
-        room = self.max_positions - len(row.prompt)
-        if room < 1:
-            raise SluiceError(
-                ErrorCode.CONTEXT_WINDOW,
-                413,
-                f"The estimated number of input tokens ({len(row.prompt)}) exceeded this model "
-                f"context window limit ({self.max_positions}).",
-            )
-        row.max_new = min(request.max_tokens, room)
+        request = row.request.input
+        row.prompt = self.prompt_ids(row.request)
+        check_context_window(len(row.prompt), request.max_tokens, self.max_positions)
+        row.max_new = request.max_tokens
         row.sampler = Sampler(request)
         row.detok = IncrementalDetokenizer(self.tokenizer, request.stop or ())
         out = self.model(input_ids=torch.tensor([row.prompt]), use_cache=True)

@@ -1,0 +1,43 @@
+"""``POST /chat/completions``, mounted at ``/v1`` and at Cloudflare's ``…/ai/v1``."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, post
+from litestar.response import Stream
+
+from gateway.decode import documented_body, json_body
+from gateway.errors import OPENAI_ERRORS
+from gateway.generation import Generations, new_request_id
+from gateway.openai.chat.protocol import ChatCompletion, ChatCompletionRequest
+from gateway.openai.chat.serving import chat_json, chat_stream
+from gateway.openai.chat.translate import to_native
+from gateway.sse import HEADERS
+from gateway.streaming import first_output
+
+
+class ChatController(Controller):
+    tags = ("OpenAI",)
+
+    @post(
+        "/chat/completions",
+        status_code=200,
+        summary="Create a chat completion",
+        description="A `chat.completion` object; `chat.completion.chunk` events with `stream: true`.",
+        operation_class=documented_body(ChatCompletionRequest),
+        dependencies={"payload": json_body(ChatCompletionRequest)},
+        responses=OPENAI_ERRORS,
+    )
+    async def create(
+        self, payload: ChatCompletionRequest, generations: Generations
+    ) -> Response[ChatCompletion]:
+        native = to_native(payload)
+        request_id = new_request_id()
+        handle = await generations.start(payload.model, native, request_id)
+        headers = {"x-request-id": request_id}
+        if not payload.stream:
+            return Response(await chat_json(handle, payload.model), headers=headers)
+        first, rest = await first_output(handle)
+        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+        stream = chat_stream(handle, payload.model, first, rest, include_usage=include_usage)
+        # Annotated as the JSON object for the OpenAPI document; streams are its other media type.
+        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})  # type: ignore[return-value]

@@ -1,0 +1,124 @@
+"""The OpenAI ⇄ native translation pair for chat: requests in, responses out.
+
+Nothing downstream of the gateway knows which API a client spoke.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from gateway.generation import Completion
+from gateway.openai.chat.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    FunctionCallOut,
+    ToolCallChunk,
+    ToolCallOut,
+)
+from sluice.contract import GenerationInput, Message, ResponseFormat, ToolCall, Usage
+from sluice.errors import bad_input
+
+#: The native seed range; OpenAI takes any integer, so other seeds are folded into it.
+_SEED_MAX = 9_999_999_999
+
+
+def native_seed(seed: int | None) -> int | None:
+    """Same OpenAI seed, same native seed: reproducibility is what a seed promises."""
+    if seed is None or 1 <= seed <= _SEED_MAX:
+        return seed
+    return seed % _SEED_MAX + 1
+
+
+def native_message(message: Message) -> Message:
+    # OpenAI's "developer" role is its newer name for "system".
+    return msgspec.structs.replace(message, role="system") if message.role == "developer" else message
+
+
+def native_format(request: ChatCompletionRequest) -> ResponseFormat | None:
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object" or fmt.json_schema is None:
+        return ResponseFormat(type="json_object")
+    # Workers AI takes the bare schema, not OpenAI's {name, schema, strict} wrapper.
+    return ResponseFormat(type="json_schema", json_schema=fmt.json_schema.schema)
+
+
+def to_native(request: ChatCompletionRequest) -> GenerationInput:
+    """An OpenAI chat request as the Workers AI input; bounds are checked by the native type."""
+    field = request.unsupported()
+    if field is not None:
+        raise bad_input(f"{field}: not supported by this server", param=field)
+    fields: dict[str, Any] = {
+        "messages": [native_message(m) for m in request.messages],
+        "stream": bool(request.stream),
+        "max_tokens": request.max_completion_tokens or request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "seed": native_seed(request.seed),
+        "repetition_penalty": request.repetition_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
+        "stop": [request.stop] if isinstance(request.stop, str) else request.stop,
+        "tools": request.tools,
+        "tool_choice": request.tool_choice,
+        "response_format": native_format(request),
+    }
+    try:
+        return msgspec.convert(
+            {k: v for k, v in fields.items() if v is not None}, GenerationInput, from_attributes=True
+        )
+    except msgspec.ValidationError as exc:
+        raise bad_input(str(exc)) from None
+
+
+def tool_call_out(call: ToolCall) -> ToolCallOut:
+    return ToolCallOut(call.id, FunctionCallOut(call.name, json.dumps(call.arguments)))
+
+
+def to_completion(request_id: str, created: int, model: str, completion: Completion) -> ChatCompletion:
+    calls = [tool_call_out(call) for call in completion.tool_calls] or None
+    message = AssistantMessage(content=None if calls else completion.text, tool_calls=calls)
+    return ChatCompletion(
+        id=f"chatcmpl-{request_id}",
+        created=created,
+        model=model,
+        choices=[Choice(0, message, completion.finish_reason)],
+        usage=completion.usage,
+    )
+
+
+class ChunkWriter:
+    """Builds the chunks of one streamed completion, all with the same id and timestamp."""
+
+    def __init__(self, request_id: str, created: int, model: str) -> None:
+        self.id = f"chatcmpl-{request_id}"
+        self.created = created
+        self.model = model
+
+    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(self.id, self.created, self.model, [ChunkChoice(0, delta, finish_reason)])
+
+    def delta(self, content: str | None = None, *, role: bool = False) -> ChatCompletionChunk:
+        return self._chunk(ChunkDelta(role="assistant" if role else None, content=content))
+
+    def tool_calls(self, calls: list[ToolCall], *, role: bool = False) -> ChatCompletionChunk:
+        # Whole calls in one chunk: OpenAI splits arguments into pieces, but SDKs concatenate
+        # whatever arrives per index, so one piece is parsed the same way.
+        chunks = [ToolCallChunk(i, call.id, tool_call_out(call).function) for i, call in enumerate(calls)]
+        return self._chunk(ChunkDelta(role="assistant" if role else None, tool_calls=chunks))
+
+    def finish(self, reason: str) -> ChatCompletionChunk:
+        return self._chunk(ChunkDelta(), reason)
+
+    def usage(self, usage: Usage) -> ChatCompletionChunk:
+        return ChatCompletionChunk(self.id, self.created, self.model, [], usage=usage)

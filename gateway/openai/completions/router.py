@@ -1,0 +1,40 @@
+"""``POST /completions``, mounted at ``/v1`` and at Cloudflare's ``…/ai/v1``."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, post
+from litestar.response import Stream
+
+from gateway.decode import documented_body, json_body
+from gateway.errors import OPENAI_ERRORS
+from gateway.generation import Generations, new_request_id
+from gateway.openai.completions.protocol import CompletionRequest, TextCompletion
+from gateway.openai.completions.serving import completion_json, completion_stream
+from gateway.openai.completions.translate import to_native
+from gateway.sse import HEADERS
+from gateway.streaming import first_output
+
+
+class CompletionsController(Controller):
+    tags = ("OpenAI",)
+
+    @post(
+        "/completions",
+        status_code=200,
+        summary="Create a completion (legacy)",
+        description="The prompt is sent verbatim, without the chat template.",
+        operation_class=documented_body(CompletionRequest),
+        dependencies={"payload": json_body(CompletionRequest)},
+        responses=OPENAI_ERRORS,
+    )
+    async def create(self, payload: CompletionRequest, generations: Generations) -> Response[TextCompletion]:
+        native = to_native(payload)
+        request_id = new_request_id()
+        handle = await generations.start(payload.model, native, request_id)
+        headers = {"x-request-id": request_id}
+        if not payload.stream:
+            return Response(await completion_json(handle, payload.model), headers=headers)
+        first, rest = await first_output(handle)
+        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+        stream = completion_stream(handle, payload.model, first, rest, include_usage=include_usage)
+        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})  # type: ignore[return-value]

@@ -1,0 +1,62 @@
+"""Prompt tokens counted at the gateway, before anything is queued.
+
+The count uses the served model's own tokenizer, which its workers publish in Redis, so the
+gateway needs no model files. It counts the texts the client sent, not the chat template around
+them: a slight underestimate, so the gateway never refuses what fits; the worker checks the
+exact templated prompt again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+from tokenizers import Tokenizer
+
+from sluice.contract import GenerationInput, tokenizer_key
+
+#: Texts longer than this are tokenized off the event loop.
+_INLINE_CHARS = 4096
+#: Seconds before asking Redis again for a tokenizer no worker has published yet.
+_RETRY = 5.0
+
+
+def texts_of(request: GenerationInput) -> list[str]:
+    if request.prompt is not None:
+        return [request.prompt]
+    return [message.text() for message in request.messages or []]
+
+
+class PromptCounter:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._missing_since: dict[str, float] = {}
+
+    async def _tokenizer(self, model: str) -> Tokenizer | None:
+        if model in self._tokenizers:
+            return self._tokenizers[model]
+        if time.monotonic() - self._missing_since.get(model, -_RETRY) < _RETRY:
+            return None
+        raw: bytes | None = await self._redis.get(tokenizer_key(model))
+        if raw is None:
+            self._missing_since[model] = time.monotonic()
+            return None
+        tokenizer = await asyncio.to_thread(Tokenizer.from_str, raw.decode())
+        self._tokenizers[model] = tokenizer
+        return tokenizer
+
+    async def count(self, model: str, request: GenerationInput) -> int | None:
+        """Prompt tokens of ``request``, or ``None`` while the model's tokenizer is unknown."""
+        tokenizer = await self._tokenizer(model)
+        if tokenizer is None:
+            return None
+        texts = texts_of(request)
+
+        def encode() -> int:
+            return sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
+
+        if sum(map(len, texts)) > _INLINE_CHARS:
+            return await asyncio.to_thread(encode)
+        return encode()

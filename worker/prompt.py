@@ -1,0 +1,36 @@
+"""The engine-agnostic half of running a request: what the model reads, and what it may write.
+
+A native input becomes an :class:`EngineRequest`: chat messages with the tools rendered the way
+Llama 3.1 takes them (or the raw prompt), and the decoding constraint that JSON mode or a forced
+tool call needs. Every engine then only renders, samples and constrains.
+"""
+
+from __future__ import annotations
+
+from sluice.contract import GenerationInput, JsonObject, Message
+from sluice.errors import bad_input
+from worker.engines.base import EngineRequest
+from worker.tools import to_chat, tool_call_schema
+
+#: JSON mode without a schema: any JSON object.
+ANY_OBJECT: JsonObject = {"type": "object"}
+
+
+def constraint(request: GenerationInput) -> JsonObject | None:
+    forced = tool_call_schema(request.tools_offered, request.tool_choice)
+    if forced is not None and request.wants_json:
+        raise bad_input("response_format: JSON mode cannot be combined with a forced tool call")
+    if forced is not None:
+        return forced
+    if request.response_format is not None and request.wants_json:
+        schema: JsonObject = request.response_format.json_schema or ANY_OBJECT
+        return schema
+    return None
+
+
+def prepare(request: GenerationInput) -> EngineRequest:
+    if request.raw and request.prompt is not None:
+        return EngineRequest(request, messages=None, json_schema=constraint(request))
+    conversation = request.messages or [Message(role="user", content=request.prompt)]
+    messages = to_chat(conversation, request.tools_offered)
+    return EngineRequest(request, messages=messages, json_schema=constraint(request))
