@@ -170,7 +170,9 @@ def render(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
         error = method_not_allowed(request.method)
     else:
         error = as_sluice_error(exc)
-    headers = {"x-should-retry": "true"} if error.retryable else None
+    headers = {"x-should-retry": "true"} if error.retryable else {}
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)  # e.g. the ``Allow`` list a 405 must carry
     if speaks_openai(request.url.path):
         return Response(
             openai_body(error), status_code=openai_status(error), media_type=MediaType.JSON, headers=headers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from arq.connections import ArqRedis
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from redis.exceptions import RedisError
 
 from sluice.config import Settings
@@ -25,7 +26,9 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/readyz", summary="Redis answers and at least one worker is alive")
-    async def readyz(self, redis: ArqRedis, settings: Settings) -> Response[Health]:
+    async def readyz(
+        self, redis: NamedDependency[ArqRedis], settings: NamedDependency[Settings]
+    ) -> Response[Health]:
         try:
             await redis.ping()
             workers = await live_workers(redis, settings.heartbeat_ttl)

@@ -100,14 +100,15 @@ def test_json_schema_mode(client: openai.OpenAI) -> None:
 def test_json_object_mode_streams(client: openai.OpenAI) -> None:
     chunks = client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": "Describe a cat as a JSON object."}],
+        messages=[{"role": "user", "content": "Give me a JSON object with a cat's name and age."}],
         response_format={"type": "json_object"},
         temperature=0,
-        max_tokens=48,
+        max_tokens=128,
         stream=True,
     )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert isinstance(json.loads(text), dict)
+    pieces = [c.choices[0] for c in chunks if c.choices]
+    assert pieces[-1].finish_reason == "stop"  # the grammar ended it, not max_tokens
+    assert isinstance(json.loads("".join(p.delta.content or "" for p in pieces)), dict)
 
 
 def test_legacy_completions(client: openai.OpenAI) -> None:

@@ -7,7 +7,9 @@ cost milliseconds each instead of a real model's seconds.
 from __future__ import annotations
 
 import schemathesis
+from hypothesis import HealthCheck, settings
 from schemathesis.generation.case import Case
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from gateway.app import create_app
 from sluice.config import Settings
@@ -15,10 +17,11 @@ from tests.conftest import Stack
 
 SCHEMA = schemathesis.openapi.from_dict(
     create_app(Settings(redis_url="redis://unused")).openapi_schema.to_schema()
-).configure(generation=schemathesis.GenerationConfig(max_examples=40))  # type: ignore[attr-defined]
+)
 
 
 @SCHEMA.parametrize()
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_document(case: Case, synthetic_stack: Stack) -> None:
     body = case.body if isinstance(case.body, dict) else {}
     if body.get("stream") is True:
@@ -29,4 +32,7 @@ def test_api_conforms_to_its_document(case: Case, synthetic_stack: Stack) -> Non
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.text.endswith("data: [DONE]\\n\\n")
         return
-    case.call_and_validate(base_url=synthetic_stack.url)
+    # Every other check runs. This one expects every schema-valid body to succeed, but some rules
+    # a JSON Schema cannot state are answered with a documented 400: exactly one of prompt or
+    # messages, a model this deployment serves, prompt + max_tokens within the context window.
+    case.call_and_validate(base_url=synthetic_stack.url, excluded_checks=[positive_data_acceptance])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from gateway.decode import documented_body, json_body
@@ -29,7 +31,11 @@ class NativeController(Controller):
         responses=CLOUDFLARE_ERRORS,
     )
     async def run(
-        self, model: str, payload: RunRequest, settings: Settings, generations: Generations
+        self,
+        model: FromPath[str],
+        payload: NamedDependency[RunRequest],
+        settings: NamedDependency[Settings],
+        generations: NamedDependency[Generations],
     ) -> Response[RunEnvelope]:
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
         served = settings.served(model.lstrip("/"))

@@ -49,6 +49,7 @@ from sluice.contract import Delta, Done, GenerationInput, Usage
 from sluice.errors import ErrorCode, SluiceError, check_context_window, internal
 from worker.engines.base import EngineRequest, Generation, Output
 from worker.engines.detokenize import IncrementalDetokenizer
+from worker.engines.grammar import Constraint, Grammars
 
 log = logging.getLogger("sluice.worker.engine")
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -138,26 +139,30 @@ class Sampler:
         self.greedy = request.temperature == 0 or request.top_k == 1 or (top_p is not None and top_p <= 0)
         processors: list[Any] = []
         if request.repetition_penalty and request.repetition_penalty != 1:
-            processors.append(RepetitionPenaltyLogitsProcessor(request.repetition_penalty))
+            processors.append(RepetitionPenaltyLogitsProcessor(float(request.repetition_penalty)))
         if not self.greedy:
-            processors.append(TemperatureLogitsWarper(request.temperature))
+            processors.append(TemperatureLogitsWarper(float(request.temperature)))
             if request.top_k is not None:
                 processors.append(TopKLogitsWarper(request.top_k))
             if top_p is not None and top_p < 1:
-                processors.append(TopPLogitsWarper(top_p))
+                processors.append(TopPLogitsWarper(float(top_p)))
         self.processors = LogitsProcessorList(processors)
         self.frequency = request.frequency_penalty or 0.0
         self.presence = request.presence_penalty or 0.0
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, logits: torch.Tensor, prompt: list[int], output: list[int]) -> int:
+    def __call__(
+        self, logits: torch.Tensor, prompt: list[int], output: list[int], constraint: Constraint | None = None
+    ) -> int:
         scores = logits.float().unsqueeze(0)
         if (self.frequency or self.presence) and output:
             counts = torch.bincount(torch.tensor(output), minlength=scores.shape[-1]).unsqueeze(0)
             scores = scores - self.frequency * counts - self.presence * (counts > 0)
         if len(self.processors):
             scores = self.processors(cast(torch.LongTensor, torch.tensor([prompt + output])), scores)
+        if constraint is not None:  # last, so no warper can bring a forbidden token back
+            constraint.mask(scores[0])
         if self.greedy:
             return int(scores.argmax(-1))
         probs = torch.softmax(scores, dim=-1)
@@ -182,6 +187,11 @@ class _Row:
     finished: bool = False
     sampler: Sampler | None = None
     detok: IncrementalDetokenizer | None = None
+    constraint: Constraint | None = None
+
+    def sample(self, logits: torch.Tensor) -> int:
+        assert self.sampler is not None
+        return self.sampler(logits, self.prompt, self.output, self.constraint)
 
     def emit(self, item: Output) -> None:
         self.loop.call_soon_threadsafe(self.generation.outputs.put_nowait, item)
@@ -253,6 +263,7 @@ class TransformersEngine:
         self._stopping = False
         self.model: Any = None
         self.tokenizer: Any = None
+        self.grammars: Grammars | None = None
         self._eos: set[int] = set()
         self.max_positions = served.context_window
 
@@ -270,6 +281,7 @@ class TransformersEngine:
         if self.tokenizer.eos_token_id is not None:
             self._eos.add(self.tokenizer.eos_token_id)
         self.max_positions = min(self.served.context_window, self.model.config.max_position_embeddings)
+        self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size)
         log.info("loaded %s from %s (%s)", self.served.model, path, self.dtype)
 
     def submit(self, request_id: str, request: EngineRequest) -> Generation:
@@ -344,9 +356,12 @@ class TransformersEngine:
         row.max_new = request.max_tokens
         row.sampler = Sampler(request)
         row.detok = IncrementalDetokenizer(self.tokenizer, request.stop or ())
+        if row.request.json_schema is not None:
+            assert self.grammars is not None
+            row.constraint = self.grammars.constraint(row.request.json_schema)
         out = self.model(input_ids=torch.tensor([row.prompt]), use_cache=True)
         row.cached = len(row.prompt)
-        self._accept(row, row.sampler(out.logits[0, -1], row.prompt, row.output))
+        self._accept(row, row.sample(out.logits[0, -1]))
         if not row.finished:
             batch.add(row, out.cache)
 
@@ -365,8 +380,7 @@ class TransformersEngine:
         for i, row in enumerate(rows):
             row.cached += 1
             if not row.cancelled:
-                assert row.sampler is not None
-                self._accept(row, row.sampler(logits[i], row.prompt, row.output))
+                self._accept(row, row.sample(logits[i]))
 
     def _accept(self, row: _Row, token: int) -> None:
         assert row.detok is not None
@@ -375,8 +389,10 @@ class TransformersEngine:
         if token in self._eos:
             self._finish(row, "stop")
             return
+        if row.constraint is not None:
+            row.constraint.advance(token)
         text = row.detok.push(token)
-        if row.detok.stopped:
+        if row.detok.stopped or (row.constraint is not None and row.constraint.done):
             self._finish(row, "stop", text)
         elif len(row.output) >= row.max_new:
             self._finish(row, "length", text)

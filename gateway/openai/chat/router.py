@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, post
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from gateway.decode import documented_body, json_body
@@ -28,7 +29,7 @@ class ChatController(Controller):
         responses=OPENAI_ERRORS,
     )
     async def create(
-        self, payload: ChatCompletionRequest, generations: Generations
+        self, payload: NamedDependency[ChatCompletionRequest], generations: NamedDependency[Generations]
     ) -> Response[ChatCompletion]:
         native = to_native(payload)
         request_id = new_request_id()

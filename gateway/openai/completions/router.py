@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, post
+from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from gateway.decode import documented_body, json_body
@@ -27,7 +28,9 @@ class CompletionsController(Controller):
         dependencies={"payload": json_body(CompletionRequest)},
         responses=OPENAI_ERRORS,
     )
-    async def create(self, payload: CompletionRequest, generations: Generations) -> Response[TextCompletion]:
+    async def create(
+        self, payload: NamedDependency[CompletionRequest], generations: NamedDependency[Generations]
+    ) -> Response[TextCompletion]:
         native = to_native(payload)
         request_id = new_request_id()
         handle = await generations.start(payload.model, native, request_id)

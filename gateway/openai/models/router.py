@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from gateway.errors import OPENAI_ERRORS
 from gateway.openai.models.protocol import Model, ModelList, ServedBy
@@ -26,9 +28,9 @@ class ModelsController(Controller):
     tags = ("OpenAI",)
 
     @get("/", summary="List the served models", responses=OPENAI_ERRORS)
-    async def list_models(self, settings: Settings) -> ModelList:
+    async def list_models(self, settings: NamedDependency[Settings]) -> ModelList:
         return ModelList(data=[model_card(served) for served in settings.models])
 
     @get("/{model:path}", summary="Describe one served model", responses=OPENAI_ERRORS)
-    async def get_model(self, model: str, settings: Settings) -> Model:
+    async def get_model(self, model: FromPath[str], settings: NamedDependency[Settings]) -> Model:
         return model_card(settings.served(model.lstrip("/")))
