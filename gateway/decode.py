@@ -43,6 +43,11 @@ def json_body(model: type[T]) -> Provide:
     """A dependency that yields the request body decoded as ``model``."""
 
     async def decode(request: Request[Any, Any, Any]) -> T:
+        # Any content type whose body is JSON is taken (curl -d sends form-urlencoded, and the
+        # Workers AI docs' examples rely on that); a form upload is a clear mistake worth naming.
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type.startswith("multipart/"):
+            raise bad_input(f"send the body as JSON (content-type: application/json), not {media_type}")
         return decode_json(await request.body(), model)
 
     decode.__annotations__["return"] = model

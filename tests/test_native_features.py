@@ -152,3 +152,33 @@ def test_functions_field_is_accepted(http: httpx.Client) -> None:
         "max_tokens": 2,
     }
     assert http.post(RUN, json=body).status_code == 200
+
+
+def test_body_content_type(http: httpx.Client) -> None:
+    body = json.dumps({"prompt": "Say hi.", "max_tokens": 2})
+    # curl -d sends form-urlencoded; the Workers AI docs' curl examples rely on JSON being read anyway.
+    sent_by_curl = http.post(RUN, content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert sent_by_curl.status_code == 200
+    form = http.post(RUN, files={"prompt": (None, "Say hi.")})
+    assert form.status_code == 400
+    assert "multipart/form-data" in str(error_of(form)["message"])
+
+
+def test_tool_calls_stream_as_a_frame(http: httpx.Client) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_LEGACY],
+        "tool_choice": "required",
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": 64,
+    }
+    with http.stream("POST", RUN, json=body) as response:
+        assert response.status_code == 200
+        events = response.read().decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    frames = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    (call,) = next(f["tool_calls"] for f in frames if "tool_calls" in f)
+    assert call["name"] == "get_weather"
+    assert "city" in call["arguments"]
+    assert "usage" in frames[-1]
