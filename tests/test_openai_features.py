@@ -162,3 +162,9 @@ def test_unknown_model_is_not_found_on_every_endpoint(client: openai.OpenAI) -> 
         client.completions.create(model="nope", prompt="x")
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+
+
+def test_body_over_the_limit_is_a_413_status_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 1_100_000}])
+    assert raised.value.status_code == 413
