@@ -7,14 +7,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
+from sluice.config import DEFAULT_MODELS, load_settings
 from sluice.redis_server import EmbeddedRedis, free_port
+from worker.engines.transformers_engine import TransformersEngine
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
@@ -38,7 +41,7 @@ def wait_until_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout
         while time.monotonic() < deadline:
             for process in processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args} exited with {process.returncode}")
+                    raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
             try:
                 if client.get(f"{url}/readyz", timeout=1).status_code == 200:
                     return
@@ -107,3 +110,16 @@ def synthetic_stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPa
         models=json.dumps(models),
         synthetic_tokens_per_second="5000",
     )
+
+
+@pytest.fixture(scope="session")
+async def engine() -> AsyncIterator[TransformersEngine]:
+    """The CPU engine in-process, shared by the engine and grammar tests.
+
+    float32: batching must leave each row's greedy output bit-exact. (In bfloat16 the rounding of
+    a batched matmul differs from a lone one, which can flip a near-tie deep into an answer.)
+    """
+    engine = TransformersEngine(DEFAULT_MODELS[0], load_settings().cache_dir, dtype=torch.float32)
+    await engine.start()
+    yield engine
+    await engine.close()

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
+from typing import Any
 
-import jsonschema
 import pytest
 import torch
 
-from sluice.config import DEFAULT_MODELS, load_settings
-from sluice.contract import Done, GenerationInput, Message, ResponseFormat
+from sluice.contract import Done, GenerationInput, JsonObject, Message
 from sluice.errors import ErrorCode, SluiceError
-from worker.engines.base import Generation
+from worker.engines.base import EngineRequest, Generation
 from worker.engines.transformers_engine import TransformersEngine
-from worker.prompt import prepare
 
 PROMPTS = [
     "What is the capital of France?",
@@ -25,24 +21,23 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-async def engine() -> AsyncIterator[TransformersEngine]:
-    # float32: batching must leave each row's greedy output bit-exact. (In bfloat16 the rounding of
-    # a batched matmul differs from a lone one, which can flip a near-tie deep into an answer.)
-    engine = TransformersEngine(DEFAULT_MODELS[0], load_settings().cache_dir, dtype=torch.float32)
-    await engine.start()
-    yield engine
-    await engine.close()
-
-
-def greedy(prompt: str, max_tokens: int = 32, **fields: object) -> GenerationInput:
+def greedy(prompt: str, max_tokens: int = 32, **fields: Any) -> GenerationInput:
     return GenerationInput(
         messages=[Message(role="user", content=prompt)], temperature=0, max_tokens=max_tokens, **fields
     )
 
 
+def as_request(request: GenerationInput, json_schema: JsonObject | None = None) -> EngineRequest:
+    """What the worker hands the engine for a request without tools."""
+    if request.raw:
+        return EngineRequest(request, messages=None, json_schema=json_schema)
+    conversation = request.messages or [Message(role="user", content=request.prompt)]
+    return EngineRequest(request, [{"role": m.role, "content": m.text()} for m in conversation], json_schema)
+
+
 async def collect(generation: Generation) -> tuple[str, int, Done]:
-    text, tokens = [], 0
+    text: list[str] = []
+    tokens = 0
     while True:
         for output in await generation.next_batch():
             if isinstance(output, SluiceError):
@@ -55,7 +50,7 @@ async def collect(generation: Generation) -> tuple[str, int, Done]:
 
 def reference(engine: TransformersEngine, request: GenerationInput) -> str:
     """The same model driven directly by transformers' own generate()."""
-    ids = engine.prompt_ids(prepare(request))
+    ids = engine.prompt_ids(as_request(request))
     with torch.inference_mode():
         out = engine.model.generate(torch.tensor([ids]), max_new_tokens=request.max_tokens, do_sample=False)
     text: str = engine.tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True)
@@ -66,7 +61,7 @@ async def test_concurrent_rows_equal_generate_alone(engine: TransformersEngine) 
     requests = [greedy(p) for p in PROMPTS]
     expected = [reference(engine, r) for r in requests]
     results = await asyncio.gather(
-        *(collect(engine.submit(str(i), prepare(r))) for i, r in enumerate(requests))
+        *(collect(engine.submit(str(i), as_request(r))) for i, r in enumerate(requests))
     )
     assert [text for text, _, _ in results] == expected
     for _text, tokens, done in results:
@@ -76,18 +71,18 @@ async def test_concurrent_rows_equal_generate_alone(engine: TransformersEngine) 
 
 async def test_a_row_joining_mid_batch_is_unaffected(engine: TransformersEngine) -> None:
     long, short = greedy(PROMPTS[3], 48), greedy(PROMPTS[0])
-    first = engine.submit("long", prepare(long))
+    first = engine.submit("long", as_request(long))
     # Wait until the long row is generating, then add the other to the running batch.
     assert await first.outputs.get()
-    second = engine.submit("short", prepare(short))
+    second = engine.submit("short", as_request(short))
     (rest, _, _), (text, _, _) = await asyncio.gather(collect(first), collect(second))
     assert text == reference(engine, short)
     assert reference(engine, long).endswith(rest)
 
 
 async def test_cancel_stops_the_row_and_others_go_on(engine: TransformersEngine) -> None:
-    doomed = engine.submit("doomed", prepare(greedy(PROMPTS[3], 200)))
-    other = engine.submit("other", prepare(greedy(PROMPTS[0])))
+    doomed = engine.submit("doomed", as_request(greedy(PROMPTS[3], 200)))
+    other = engine.submit("other", as_request(greedy(PROMPTS[0])))
     assert await doomed.outputs.get()
     doomed.cancel()
     text, _, done = await collect(other)
@@ -96,26 +91,26 @@ async def test_cancel_stops_the_row_and_others_go_on(engine: TransformersEngine)
 
 
 async def test_max_tokens_and_stop_strings(engine: TransformersEngine) -> None:
-    text, tokens, done = await collect(engine.submit("len", prepare(greedy(PROMPTS[3], 3))))
+    text, tokens, done = await collect(engine.submit("len", as_request(greedy(PROMPTS[3], 3))))
     assert (tokens, done.finish_reason, done.usage.completion_tokens) == (3, "length", 3)
     full = reference(engine, greedy(PROMPTS[3]))
     stop = full.split()[2]
-    text, _, done = await collect(engine.submit("stop", prepare(greedy(PROMPTS[3], stop=[stop]))))
+    text, _, done = await collect(engine.submit("stop", as_request(greedy(PROMPTS[3], stop=[stop]))))
     assert done.finish_reason == "stop"
     assert text == full[: full.index(stop)]
 
 
 async def test_raw_prompt_skips_the_chat_template(engine: TransformersEngine) -> None:
-    templated = engine.prompt_ids(prepare(GenerationInput(prompt="Hello")))
-    raw = engine.prompt_ids(prepare(GenerationInput(prompt="Hello", raw=True)))
+    templated = engine.prompt_ids(as_request(GenerationInput(prompt="Hello")))
+    raw = engine.prompt_ids(as_request(GenerationInput(prompt="Hello", raw=True)))
     assert raw == engine.tokenizer.encode("Hello", add_special_tokens=False)
     assert len(templated) > len(raw)
 
 
 async def test_seeded_sampling_is_reproducible(engine: TransformersEngine) -> None:
     request = GenerationInput(prompt="Tell me a joke.", temperature=1.0, seed=42, max_tokens=16)
-    first, _, _ = await collect(engine.submit("a", prepare(request)))
-    second, _, _ = await collect(engine.submit("b", prepare(request)))
+    first, _, _ = await collect(engine.submit("a", as_request(request)))
+    second, _, _ = await collect(engine.submit("b", as_request(request)))
     assert first == second
 
 
@@ -126,56 +121,11 @@ async def test_prompt_and_max_tokens_beyond_the_context_window_are_refused(
     prompt = " word" * 4000
     with pytest.raises(SluiceError) as raised:
         await collect(
-            engine.submit("huge", prepare(GenerationInput(prompt=prompt, raw=True, max_tokens=4000)))
+            engine.submit("huge", as_request(GenerationInput(prompt=prompt, raw=True, max_tokens=4000)))
         )
     assert raised.value.code is ErrorCode.CONTEXT_WINDOW
     assert raised.value.status == 413
     _, _, done = await collect(
-        engine.submit("fits", prepare(GenerationInput(prompt=prompt, raw=True, max_tokens=1)))
+        engine.submit("fits", as_request(GenerationInput(prompt=prompt, raw=True, max_tokens=1)))
     )
     assert done.usage.prompt_tokens == 4000
-
-
-CITY = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-    "required": ["city", "population"],
-    "additionalProperties": False,
-}
-
-
-async def test_json_mode_output_parses(engine: TransformersEngine) -> None:
-    request = greedy(
-        "Give me a JSON object with a cat's name and age.",
-        64,
-        response_format=ResponseFormat(type="json_object"),
-    )
-    text, _, done = await collect(engine.submit("json", prepare(request)))
-    assert done.finish_reason == "stop"
-    assert isinstance(json.loads(text), dict)
-
-
-async def test_json_schema_output_validates_beside_a_free_row(engine: TransformersEngine) -> None:
-    constrained = greedy(
-        "What is the largest city of Japan and its population?",
-        64,
-        response_format=ResponseFormat(type="json_schema", json_schema=CITY),
-    )
-    free = greedy(PROMPTS[0])
-    (text, _, _), (free_text, _, _) = await asyncio.gather(
-        collect(engine.submit("schema", prepare(constrained))), collect(engine.submit("free", prepare(free)))
-    )
-    jsonschema.validate(json.loads(text), CITY)
-    assert free_text == reference(engine, free)  # the mask is per row: the other row is untouched
-
-
-async def test_invalid_schema_fails_only_its_request(engine: TransformersEngine) -> None:
-    bad = greedy(
-        "Hi", 8, response_format=ResponseFormat(type="json_schema", json_schema={"type": "nonsense"})
-    )
-    failing, other = engine.submit("bad", prepare(bad)), engine.submit("ok", prepare(greedy(PROMPTS[0], 8)))
-    with pytest.raises(SluiceError) as raised:
-        await collect(failing)
-    assert raised.value.status == 400
-    text, _, _ = await collect(other)
-    assert text == reference(engine, greedy(PROMPTS[0], 8))

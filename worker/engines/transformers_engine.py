@@ -49,7 +49,7 @@ from sluice.contract import Delta, Done, GenerationInput, Usage
 from sluice.errors import ErrorCode, SluiceError, check_context_window, internal
 from worker.engines.base import EngineRequest, Generation, Output
 from worker.engines.detokenize import IncrementalDetokenizer
-from worker.engines.grammar import Constraint, Grammars
+from worker.engines.grammar import Constraint, GrammarCompiler
 
 log = logging.getLogger("sluice.worker.engine")
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -156,13 +156,16 @@ class Sampler:
         self, logits: torch.Tensor, prompt: list[int], output: list[int], constraint: Constraint | None = None
     ) -> int:
         scores = logits.float().unsqueeze(0)
+        if constraint is not None:
+            # First: top-k/top-p must choose among allowed tokens, or they could keep only forbidden
+            # ones. No later step lifts a -inf. The copy leaves the caller's logits untouched.
+            scores = scores.clone()
+            constraint.mask(scores[0])
         if (self.frequency or self.presence) and output:
             counts = torch.bincount(torch.tensor(output), minlength=scores.shape[-1]).unsqueeze(0)
             scores = scores - self.frequency * counts - self.presence * (counts > 0)
         if len(self.processors):
             scores = self.processors(cast(torch.LongTensor, torch.tensor([prompt + output])), scores)
-        if constraint is not None:  # last, so no warper can bring a forbidden token back
-            constraint.mask(scores[0])
         if self.greedy:
             return int(scores.argmax(-1))
         probs = torch.softmax(scores, dim=-1)
@@ -263,7 +266,7 @@ class TransformersEngine:
         self._stopping = False
         self.model: Any = None
         self.tokenizer: Any = None
-        self.grammars: Grammars | None = None
+        self.grammars: GrammarCompiler | None = None
         self._eos: set[int] = set()
         self.max_positions = served.context_window
 
@@ -281,7 +284,7 @@ class TransformersEngine:
         if self.tokenizer.eos_token_id is not None:
             self._eos.add(self.tokenizer.eos_token_id)
         self.max_positions = min(self.served.context_window, self.model.config.max_position_embeddings)
-        self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size, self._eos)
         log.info("loaded %s from %s (%s)", self.served.model, path, self.dtype)
 
     def submit(self, request_id: str, request: EngineRequest) -> Generation:
@@ -379,8 +382,12 @@ class TransformersEngine:
         logits = out.logits[:, -1]
         for i, row in enumerate(rows):
             row.cached += 1
-            if not row.cancelled:
+            if row.cancelled:
+                continue
+            try:
                 self._accept(row, row.sample(logits[i]))
+            except SluiceError as exc:  # one row's grammar failing fails that row, not the batch
+                self._fail(row, exc)
 
     def _accept(self, row: _Row, token: int) -> None:
         assert row.detok is not None
