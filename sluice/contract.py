@@ -205,10 +205,12 @@ class Usage(Struct):
 
 
 class Started(Struct, tag="started"):
-    """The worker picked the job up; ``attempt`` counts from 1."""
+    """The worker picked the job up; ``attempt`` counts from 1; ``at`` is its wall clock then,
+    which against :attr:`Job.enqueued_at` gives the time a job waited in the queue."""
 
     worker: str
     attempt: int = 1
+    at: float = msgspec.field(default_factory=time.time)
 
 
 class Delta(Struct, tag="delta"):

@@ -1,0 +1,40 @@
+"""``python -m benchmarks [scenario ...] [--quick]``: run, then write results/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks import report, scenarios
+
+SCENARIOS = ("overhead", "relay", "cpu", "pickup")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("scenario", nargs="*", choices=[*SCENARIOS, []], help="default: all")
+    parser.add_argument("--quick", action="store_true", help="fewer points, shorter runs (about 2 minutes)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    chosen = args.scenario or list(SCENARIOS)
+    seconds = 2.0 if args.quick else 5.0
+    logs = args.out / "logs"
+    results: dict[str, list[scenarios.Row]] = {}
+    if "overhead" in chosen:
+        with scenarios.section("overhead (TTFT through Sluice vs the engine in-process)"):
+            rates = [25, 100, 200] if args.quick else [25, 50, 100, 200, 300, 400]
+            results["overhead"] = scenarios.overhead(logs, [float(r) for r in rates], seconds)
+    if "relay" in chosen:
+        with scenarios.section("relay (one gateway process)"):
+            results["relay"] = scenarios.relay(logs, [64, 256] if args.quick else [64, 256, 512], seconds * 2)
+    if "cpu" in chosen:
+        with scenarios.section("cpu engine (SmolLM2 through Sluice vs transformers generate)"):
+            results["cpu"] = scenarios.cpu_engine(logs, [1, 4, 8], 32 if args.quick else 64)
+    if "pickup" in chosen:
+        with scenarios.section("queue pickup (enqueue → worker starts the job)"):
+            results["pickup"] = scenarios.pickup(logs, [20.0, 200.0], 100 if args.quick else 400)
+    report.write(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Load shapes and the statistics reported for them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from benchmarks.client import Result
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def ms(values: Sequence[float], q: float) -> float:
+    return round(percentile(values, q) * 1000, 2)
+
+
+async def open_loop(
+    request: Callable[[], Coroutine[Any, Any, Result]], rate: float, duration: float
+) -> list[Result]:
+    """Requests arriving at ``rate`` per second (Poisson) for ``duration`` seconds, whatever
+    the server's pace: latency under load, not a throughput the client throttles."""
+    tasks: list[asyncio.Task[Result]] = []
+    rng = random.Random(7)
+    start = time.perf_counter()
+    next_at = start
+    while next_at - start < duration:
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        tasks.append(asyncio.create_task(request()))
+        next_at += rng.expovariate(rate)
+    return list(await asyncio.gather(*tasks))
+
+
+async def closed_loop(
+    request: Callable[[], Coroutine[Any, Any, Result]], concurrency: int, duration: float
+) -> tuple[list[Result], float]:
+    """``concurrency`` clients, each sending its next request when the last one ends."""
+    results: list[Result] = []
+    deadline = time.perf_counter() + duration
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            results.append(await request())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return results, time.perf_counter() - start

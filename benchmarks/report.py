@@ -1,0 +1,78 @@
+"""Results as JSON, a Markdown table per scenario, and PNG plots of latency against load."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def markdown(results: dict[str, list[Row]]) -> str:
+    lines = [f"# Sluice benchmarks\n\nMachine: {machine()}\n"]
+    for name, rows in results.items():
+        if not rows:
+            continue
+        columns = list(rows[0])
+        lines += [f"\n## {name}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"{platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}"
+
+
+def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[Path] = []
+    if rows := results.get("overhead"):
+        figure, axes = plt.subplots(figsize=(7, 4))
+        rates = [r["rate"] for r in rows]
+        for prefix, style in (("engine", "--"), ("sluice", "-")):
+            for q in ("p50", "p99"):
+                axes.plot(
+                    rates,
+                    [r[f"{prefix}_ttft_{q}_ms"] for r in rows],
+                    style,
+                    marker="o",
+                    label=f"{prefix} {q}",
+                )
+        axes.set(
+            xlabel="requests/s",
+            ylabel="time to first token (ms)",
+            title="TTFT: engine alone vs through Sluice",
+        )
+        axes.legend()
+        made.append(_save(figure, folder / "overhead.png"))
+    if rows := results.get("relay"):
+        figure, axes = plt.subplots(figsize=(7, 4))
+        concurrency = [r["concurrency"] for r in rows]
+        axes.plot(concurrency, [r["tokens_per_s"] for r in rows], marker="o", label="relayed")
+        axes.plot(concurrency, [r["ideal_tokens_per_s"] for r in rows], "--", label="offered")
+        axes.set(xlabel="concurrent streams", ylabel="tokens/s", title="One gateway process relaying tokens")
+        axes.legend()
+        made.append(_save(figure, folder / "relay.png"))
+    return made
+
+
+def _save(figure: Any, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def write(results: dict[str, list[Row]], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps({"machine": machine(), **results}, indent=2))
+    (folder / "results.md").write_text(markdown(results))
+    for path in plot(results, folder):
+        print(f"wrote {path}")
+    print(f"wrote {folder / 'results.json'} and {folder / 'results.md'}")

@@ -1,0 +1,267 @@
+"""The four scenarios of issue 6, each measured beside its baseline in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from benchmarks.client import Result, stream
+from benchmarks.load import closed_loop, ms, open_loop
+from benchmarks.stack import MODEL, peak_rss_mib, running
+from gateway.enqueue import JobQueue
+from sluice.config import ServedModel
+from sluice.contract import (
+    EVENT_FIELD,
+    GenerationInput,
+    Job,
+    Started,
+    decode_event,
+    deserialize_arq_job,
+    events_key,
+    serialize_arq_job,
+)
+from worker.engines.base import EngineRequest
+from worker.engines.synthetic import SyntheticEngine
+
+Row = dict[str, Any]
+PROMPT = "Tell me about the sea."
+
+
+def run_body(max_tokens: int) -> dict[str, object]:
+    return {"prompt": PROMPT, "raw": True, "stream": True, "max_tokens": max_tokens}
+
+
+# --- 1. overhead ------------------------------------------------------------------------------
+
+
+async def in_process(engine: SyntheticEngine, max_tokens: int) -> Result:
+    """The baseline: the same synthetic engine, called directly, timed the same way."""
+    request = EngineRequest(GenerationInput(prompt=PROMPT, raw=True, max_tokens=max_tokens), messages=None)
+    result = Result(status=200)
+    start = time.perf_counter()
+    generation = engine.submit("baseline", request)
+    while True:
+        outputs = await generation.next_batch()
+        if result.ttft != result.ttft:  # NaN: no output yet
+            result.ttft = time.perf_counter() - start
+        if any(type(o).__name__ == "Done" for o in outputs):
+            result.e2e = time.perf_counter() - start
+            result.tokens = max_tokens
+            return result
+
+
+def latency_row(results: list[Result], prefix: str) -> Row:
+    ok = [r for r in results if r.status == 200]
+    return {
+        f"{prefix}_ttft_p50_ms": ms([r.ttft for r in ok], 50),
+        f"{prefix}_ttft_p95_ms": ms([r.ttft for r in ok], 95),
+        f"{prefix}_ttft_p99_ms": ms([r.ttft for r in ok], 99),
+        f"{prefix}_e2e_p50_ms": ms([r.e2e for r in ok], 50),
+        f"{prefix}_e2e_p99_ms": ms([r.e2e for r in ok], 99),
+    }
+
+
+def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
+    tokens, per_second = 16, 1000.0
+    served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
+    rows: list[Row] = []
+    with running(logs / "overhead", synthetic_tokens_per_second=str(per_second)) as stack:
+        for rate in rates:
+
+            async def measure(rate: float = rate) -> tuple[list[Result], list[Result]]:
+                engine = SyntheticEngine(served, tokens_per_second=per_second, first_token_delay=0.0)
+                base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
+                body = run_body(tokens)
+                through = await open_loop(lambda: stream(stack.url, stack.run_path, body), rate, duration)
+                return base, through
+
+            base, through = asyncio.run(measure())
+            ok = [r for r in through if r.status == 200]
+            row: Row = {"rate": rate, "sent": len(through), "ok": len(ok)}
+            row |= latency_row(base, "engine") | latency_row(through, "sluice")
+            row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
+            row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
+            rows.append(row)
+            added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
+            print(f"  overhead @ {rate:>5} req/s: {added}")
+    return rows
+
+
+# --- 2. relay ---------------------------------------------------------------------------------
+
+
+def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
+    per_second, tokens = 100.0, 300
+    interval_ms = 1000 / per_second
+    body = run_body(tokens)
+    rows: list[Row] = []
+    for concurrency in concurrencies:
+        with running(
+            logs / f"relay-{concurrency}",
+            workers=2,
+            synthetic_tokens_per_second=str(per_second),
+            worker_concurrency=str(concurrency),
+        ) as stack:
+            results, elapsed = asyncio.run(
+                closed_loop(
+                    lambda: stream(stack.url, stack.run_path, body, limit=60),
+                    concurrency,
+                    duration,
+                )
+            )
+            gaps = [g for r in results for g in r.gaps]
+            received = sum(r.tokens for r in results) + sum(len(r.gaps) for r in results if not r.tokens)
+            row: Row = {
+                "concurrency": concurrency,
+                "streams": len(results),
+                "tokens_per_s": round(received / elapsed),
+                "ideal_tokens_per_s": round(concurrency * per_second),
+                "gap_p50_ms": ms(gaps, 50),
+                "gap_p99_ms": ms(gaps, 99),
+                "added_gap_p99_ms": round(ms(gaps, 99) - interval_ms, 2),
+                "gateway_peak_rss_mib": round(peak_rss_mib(stack.gateway_pid), 1),
+            }
+            rows.append(row)
+            print(
+                f"  relay @ {concurrency}: {row['tokens_per_s']} tok/s, +{row['added_gap_p99_ms']} ms p99 gap"
+            )
+    return rows
+
+
+# --- 3. the CPU engine ------------------------------------------------------------------------
+
+STORY = "Write a long story about a lighthouse keeper and a storm."
+
+
+def direct_transformers(batch: int, tokens: int) -> float:
+    """The baseline: SmolLM2 driven by transformers' own generate(), one batch, in this process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sluice.config import DEFAULT_MODELS, load_settings
+    from worker.engines.transformers_engine import DTYPE, resolve_weights
+
+    path = resolve_weights(DEFAULT_MODELS[0].model, Path(load_settings().cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPE).eval()  # type: ignore[no-untyped-call]
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": STORY}], add_generation_prompt=True, tokenize=False
+    )
+    inputs = tokenizer([chat] * batch, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)  # warm-up
+        start = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+        elapsed = time.perf_counter() - start
+    generated = out[:, inputs["input_ids"].shape[1] :]
+    real = (
+        int((generated != tokenizer.pad_token_id).sum())
+        if tokenizer.pad_token_id is not None
+        else generated.numel()
+    )
+    return real / elapsed
+
+
+def cpu_engine(logs: Path, batches: list[int], tokens: int) -> list[Row]:
+    rows: list[Row] = []
+    body = {
+        "messages": [{"role": "user", "content": STORY}],
+        "stream": True,
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
+    with running(logs / "cpu", synthetic=False) as stack:
+        asyncio.run(stream(stack.url, stack.run_path, {**body, "max_tokens": 4}))  # warm-up
+        for batch in batches:
+
+            async def through(batch: int = batch) -> tuple[list[Result], float]:
+                start = time.perf_counter()
+                results = await asyncio.gather(
+                    *(stream(stack.url, stack.run_path, body) for _ in range(batch))
+                )
+                return list(results), time.perf_counter() - start
+
+            results, elapsed = asyncio.run(through())
+            rows.append(
+                {"streams": batch, "sluice_tokens_per_s": round(sum(r.tokens for r in results) / elapsed, 1)}
+            )
+    for row in rows:
+        row["transformers_tokens_per_s"] = round(direct_transformers(row["streams"], tokens), 1)
+        row["ratio"] = round(row["sluice_tokens_per_s"] / row["transformers_tokens_per_s"], 2)
+        print(f"  cpu engine @ {row['streams']}: {row['sluice_tokens_per_s']} tok/s", end="")
+        print(f" vs {row['transformers_tokens_per_s']} tok/s")
+    return rows
+
+
+# --- 4. queue pickup --------------------------------------------------------------------------
+
+
+async def _pickups(redis_url: str, rate: float, count: int) -> list[float]:
+    pool = await create_pool(
+        RedisSettings.from_dsn(redis_url),
+        job_serializer=serialize_arq_job,
+        job_deserializer=deserialize_arq_job,
+    )
+    queue = JobQueue(pool)
+    reader = Redis.from_url(redis_url)
+    waits: list[float] = []
+
+    async def one(i: int) -> None:
+        job = Job(
+            id=f"pickup-{i}-{time.time_ns()}",
+            model=MODEL,
+            input=GenerationInput(prompt="x", raw=True, max_tokens=1),
+        )
+        await queue.submit(job)
+        last = b"0-0"
+        while True:
+            reply = await reader.xread({events_key(job.id): last}, block=5000, count=10)
+            for _key, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = decode_event(fields[EVENT_FIELD])
+                    if isinstance(event, Started):
+                        waits.append(event.at - job.enqueued_at)
+                        return
+
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(one(i)))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*tasks)
+    await reader.aclose()
+    await pool.aclose()
+    return waits
+
+
+def pickup(logs: Path, rates: list[float], count: int) -> list[Row]:
+    rows: list[Row] = []
+    with running(logs / "pickup") as stack:
+        for rate in rates:
+            waits = asyncio.run(_pickups(stack.redis_url, rate, count))
+            rows.append(
+                {
+                    "rate": rate,
+                    "jobs": len(waits),
+                    "pickup_p50_ms": ms(waits, 50),
+                    "pickup_p99_ms": ms(waits, 99),
+                }
+            )
+            p50, p99 = rows[-1]["pickup_p50_ms"], rows[-1]["pickup_p99_ms"]
+            print(f"  pickup @ {rate} jobs/s: p50 {p50} ms, p99 {p99} ms")
+    return rows
+
+
+@contextmanager
+def section(name: str) -> Iterator[None]:
+    print(f"{name}:")
+    start = time.perf_counter()
+    yield
+    print(f"  ({time.perf_counter() - start:.0f} s)")

@@ -1,0 +1,84 @@
+"""Redis, a gateway and workers as real processes on loopback, for one scenario."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from sluice.config import DEFAULT_MODEL_NAME
+from sluice.redis_server import EmbeddedRedis, free_port
+
+MODEL = DEFAULT_MODEL_NAME
+SYNTHETIC = [{"name": MODEL, "engine": "synthetic", "model": "synthetic"}]
+
+
+@dataclass
+class Stack:
+    url: str
+    redis_url: str
+    gateway_pid: int
+
+    @property
+    def run_path(self) -> str:
+        return f"/client/v4/accounts/bench/ai/run/{MODEL}"
+
+
+def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a Sluice process exited during start-up; see benchmarks/results/*.log")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready in {timeout}s")
+
+
+@contextmanager
+def running(logs: Path, *, workers: int = 1, synthetic: bool = True, **settings: str) -> Iterator[Stack]:
+    """One gateway process and ``workers`` worker processes; the synthetic engine by default."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with EmbeddedRedis() as redis:
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": redis.url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "warning"}
+        if synthetic:
+            env["SLUICE_MODELS"] = json.dumps(SYNTHETIC)
+        env.update({f"SLUICE_{k.upper()}": v for k, v in settings.items()})
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for role, n in [("gateway", 1), ("worker", workers)]:
+                for i in range(n):
+                    with (logs / f"{role}-{i}.log").open("wb") as out:
+                        command = [sys.executable, "-m", "sluice", role]
+                        processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=out))
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, processes)
+            yield Stack(url=url, redis_url=redis.url, gateway_pid=processes[0].pid)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
