@@ -26,6 +26,7 @@ from sluice.contract import (
     ToolCall,
     ToolCalls,
     Usage,
+    coalesce,
 )
 from sluice.errors import ErrorCode, SluiceError, bad_input, capacity_exceeded, check_context_window
 
@@ -77,20 +78,22 @@ class GenerationHandle:
                 # A deadline per wait, not one around the generator: a timeout spanning yields
                 # would cancel whatever the consumer is doing between them.
                 async with asyncio.timeout_at(deadline):
-                    event = await self._subscription.next()
+                    events = await self._subscription.next()
             except TimeoutError:
                 raise SluiceError(
                     ErrorCode.TIMEOUT, 408, f"Request timeout after {self._timeout:.0f}s", retryable=True
                 ) from None
-            if isinstance(event, Delta | ToolCalls):
-                yield event
-            elif isinstance(event, Done):
-                self.done = event
-                return
-            elif isinstance(event, Failed):
-                raise error_from(event)
-            elif isinstance(event, Started) and event.attempt > 1:
-                log.info("job %s restarted (attempt %d)", self.id, event.attempt)
+            # Deltas that arrived together leave together: one frame, one write to the socket.
+            for event in coalesce(events):
+                if isinstance(event, Delta | ToolCalls):
+                    yield event
+                elif isinstance(event, Done):
+                    self.done = event
+                    return
+                elif isinstance(event, Failed):
+                    raise error_from(event)
+                elif isinstance(event, Started) and event.attempt > 1:
+                    log.info("job %s restarted (attempt %d)", self.id, event.attempt)
 
     async def collect(self) -> Completion:
         text: list[str] = []

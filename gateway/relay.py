@@ -7,8 +7,8 @@ progress, so each process also reads its own *wake stream*: subscribing appends 
 the blocked XREAD at once, and the next XREAD includes the new job stream. Streams are read from
 their first entry, so nothing a worker wrote before the subscription joined is missed.
 
-A subscriber that falls behind (its queue above ``HIGH_WATER``) is left out of the reads until it
-drains, so a slow client holds its backlog in Redis, not in gateway memory.
+A subscriber that falls behind (its queue above ``HIGH_WATER``) is left out of the reads until its
+reader takes what is queued, so a slow client holds its backlog in Redis, not in gateway memory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from sluice.contract import EVENT_FIELD, Event, decode_event, events_key
 log = logging.getLogger("sluice.gateway.relay")
 
 HIGH_WATER = 256
-LOW_WATER = 64
 #: Upper bound on one XREAD's wait; wakes make it return earlier whenever the stream set changes.
 BLOCK_MS = 5_000
 #: Entries taken per stream per read.
@@ -48,12 +47,15 @@ class Subscription:
         if self._queue.qsize() >= HIGH_WATER:
             self.paused = True
 
-    async def next(self) -> Event:
-        event = await self._queue.get()
-        if self.paused and self._queue.qsize() <= LOW_WATER:
+    async def next(self) -> list[Event]:
+        """The next event and every one already queued behind it."""
+        events = [await self._queue.get()]
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        if self.paused:
             self.paused = False
             self._relay.wake()
-        return event
+        return events
 
     def close(self) -> None:
         self._relay.unsubscribe(self)

@@ -12,6 +12,7 @@ The gateway and the worker both import this module; it imports neither of them.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -249,6 +250,18 @@ class Failed(Struct, tag="failed"):
 
 
 Event = Started | Delta | ToolCalls | Done | Failed
+
+
+def coalesce(events: Sequence[Event]) -> list[Event]:
+    """Consecutive deltas merged into one: fewer stream entries, fewer frames, same text."""
+    merged: list[Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if isinstance(event, Delta) and isinstance(last, Delta):
+            merged[-1] = Delta(text=last.text + event.text, tokens=last.tokens + event.tokens)
+        else:
+            merged.append(event)
+    return merged
 
 
 class WorkerInfo(Struct):

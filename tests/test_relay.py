@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from gateway import relay as relay_module
 from gateway.relay import StreamRelay
-from sluice.contract import Delta, Done, Usage
+from sluice.contract import Delta, Done, Event, Usage
 from sluice.redis_server import EmbeddedRedis
 from worker.publish import EventPublisher
 
@@ -35,11 +35,11 @@ async def relay(
 
 
 async def test_events_written_before_subscribing_are_replayed(relay: StreamRelay, redis: Redis) -> None:
-    publisher = EventPublisher(redis, "early", ttl_seconds=60)
-    await publisher.publish([Delta(text="a", tokens=1), Delta(text="b", tokens=1)])
+    publisher = EventPublisher(redis, ttl_seconds=60)
+    await publisher.publish("early", [Delta(text="a", tokens=1), Delta(text="b", tokens=1)])
     subscription = relay.subscribe("early")
     async with asyncio.timeout(10):
-        assert await subscription.next() == Delta(text="ab", tokens=2)  # coalesced into one entry
+        assert await subscription.next() == [Delta(text="ab", tokens=2)]  # coalesced into one entry
     subscription.close()
 
 
@@ -47,9 +47,9 @@ async def test_a_new_subscription_wakes_a_blocked_read(relay: StreamRelay, redis
     idle = relay.subscribe("idle")  # the reader is now blocked on it, for up to ten minutes
     await asyncio.sleep(0)
     late = relay.subscribe("late")
-    await EventPublisher(redis, "late", ttl_seconds=60).publish([Delta(text="hi", tokens=1)])
+    await EventPublisher(redis, ttl_seconds=60).publish("late", [Delta(text="hi", tokens=1)])
     async with asyncio.timeout(10):
-        assert await late.next() == Delta(text="hi", tokens=1)
+        assert await late.next() == [Delta(text="hi", tokens=1)]
     idle.close()
     late.close()
 
@@ -58,17 +58,19 @@ async def test_many_streams_each_get_their_own_events_in_order(relay: StreamRela
     subscriptions = {f"job{i}": relay.subscribe(f"job{i}") for i in range(150)}  # beyond a 100-conn pool
     for round_ in range(3):
         for job_id in subscriptions:
-            await EventPublisher(redis, job_id, 60).publish([Delta(text=f"{job_id}:{round_}", tokens=1)])
+            await EventPublisher(redis, 60).publish(job_id, [Delta(text=f"{job_id}:{round_}", tokens=1)])
     done = Done(finish_reason="stop", usage=Usage())
     for job_id in subscriptions:
-        await EventPublisher(redis, job_id, 60).publish([done])
+        await EventPublisher(redis, 60).publish(job_id, [done])
     async with asyncio.timeout(20):
         for job_id, subscription in subscriptions.items():
-            received = [await subscription.next() for _ in range(4)]
+            received: list[Event] = []
+            while len(received) < 4:
+                received += await subscription.next()
             assert received == [Delta(text=f"{job_id}:{r}", tokens=1) for r in range(3)] + [done]
             subscription.close()
 
 
 async def test_streams_expire(redis: Redis) -> None:
-    await EventPublisher(redis, "ttl", ttl_seconds=30).publish([Delta(text="x", tokens=1)])
+    await EventPublisher(redis, ttl_seconds=30).publish("ttl", [Delta(text="x", tokens=1)])
     assert 0 < await redis.ttl("sluice:events:ttl") <= 30

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
-
-from redis.asyncio import Redis
 
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
 from sluice.errors import SluiceError, internal
@@ -23,10 +22,9 @@ log = logging.getLogger("sluice.worker.job")
 class JobDeps:
     """What a job needs, put in arq's ``ctx`` once at start-up."""
 
-    redis: Redis
     engine: Engine
     worker_id: str
-    stream_ttl: int
+    publisher: EventPublisher
 
 
 def failed(error: SluiceError) -> Failed:
@@ -88,12 +86,14 @@ class ToolCallWatch:
 
 
 async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
-    publisher = EventPublisher(deps.redis, job.id, deps.stream_ttl)
-    await publisher.publish([Started(worker=deps.worker_id, attempt=attempt)])
+    def publish(events: list[Event]) -> Awaitable[None]:
+        return deps.publisher.publish(job.id, events)
+
+    await publish([Started(worker=deps.worker_id, attempt=attempt)])
     try:
         request = prepare(job.input)
     except SluiceError as error:
-        await publisher.publish([failed(error)])
+        await publish([failed(error)])
         return
     generation = deps.engine.submit(f"{job.id}:{attempt}", request)
     watch = ToolCallWatch(job.input.tools_offered)
@@ -102,7 +102,7 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
         while True:
             events, ended = to_events(await generation.next_batch())
             events = watch.filter(events)
-            await publisher.publish(events)
+            await publish(events)
             sent += sum(e.tokens for e in events if isinstance(e, Delta))
             if ended:
                 return
@@ -114,7 +114,7 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     except Exception as exc:
         generation.cancel()
         log.exception("job %s failed", job.id)
-        await publisher.publish([failed(internal(type(exc).__name__))])
+        await publish([failed(internal(type(exc).__name__))])
 
 
 async def generate(ctx: dict[str, Any], payload: bytes) -> None:

@@ -30,6 +30,7 @@ from sluice.contract import (
 from sluice.registry import deregister, heartbeat
 from worker.engines import create_engine
 from worker.job import JobDeps, generate
+from worker.publish import EventPublisher
 
 log = logging.getLogger("sluice.worker")
 
@@ -73,7 +74,7 @@ async def serve(settings: Settings) -> None:
     if tokenizer is not None:
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
-    deps = JobDeps(redis=pool, engine=engine, worker_id=worker_id, stream_ttl=settings.stream_ttl)
+    deps = JobDeps(engine=engine, worker_id=worker_id, publisher=EventPublisher(pool, settings.stream_ttl))
     worker = build_worker(settings, deps, queue, pool)
     info = WorkerInfo(
         id=worker_id,

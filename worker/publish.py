@@ -1,41 +1,72 @@
 """Where tokens leave the worker: a job's events appended to its Redis Stream.
 
 Whatever the engine produced since the last write goes out in one pipeline (consecutive deltas
-merged into one event), so Redis and the gateway see a bounded event rate however fast tokens come.
+merged into one event), so Redis and the gateway see a bounded event rate however fast tokens come;
+and the writes of all of a worker's jobs share that pipeline.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from sluice.contract import EVENT_FIELD, Delta, Event, encode, events_key
-
-
-def coalesce(events: Sequence[Event]) -> list[Event]:
-    merged: list[Event] = []
-    for event in events:
-        last = merged[-1] if merged else None
-        if isinstance(event, Delta) and isinstance(last, Delta):
-            merged[-1] = Delta(text=last.text + event.text, tokens=last.tokens + event.tokens)
-        else:
-            merged.append(event)
-    return merged
+from sluice.contract import EVENT_FIELD, Event, coalesce, encode, events_key
 
 
 class EventPublisher:
-    def __init__(self, redis: Redis, job_id: str, ttl_seconds: int) -> None:
-        self._redis = redis
-        self._key = events_key(job_id)
-        self._ttl = ttl_seconds
+    """Appends jobs' events to their streams; one per worker, shared by all its jobs.
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    The writes that jobs make in the same turn of the event loop go out in one pipeline, so a
+    worker running hundreds of streams makes one round trip per turn rather than one per job;
+    a write never waits for an earlier one to finish (each takes its own pooled connection).
+    A job awaits its own publish, so its events stay in order.
+    """
+
+    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+        self._redis = redis
+        self._ttl = ttl_seconds
+        self._pending: dict[str, list[Event]] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+
+    async def publish(self, job_id: str, events: Sequence[Event]) -> None:
         if not events:  # text held back (a possible tool call): nothing to say yet
             return
+        self._pending.setdefault(job_id, []).extend(events)
+        done = asyncio.get_running_loop().create_future()
+        self._waiters.append(done)
+        if not self._scheduled:
+            self._scheduled = True
+            # Its own task: a job cancelled while waiting must not cancel the others' writes.
+            flush = asyncio.create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        await done
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # one turn: the jobs woken alongside this one join the pipeline
+        pending, waiters = self._pending, self._waiters
+        self._pending, self._waiters, self._scheduled = {}, [], False
+        try:
+            await self._write(pending)
+        except Exception as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+        else:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _write(self, pending: dict[str, list[Event]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event in coalesce(events):
-                pipe.xadd(self._key, {EVENT_FIELD: encode(event)})
-            # Refreshed on every write: a stream lives ttl seconds past its last event.
-            pipe.expire(self._key, self._ttl)
+            for job_id, events in pending.items():
+                key = events_key(job_id)
+                for event in coalesce(events):
+                    pipe.xadd(key, {EVENT_FIELD: encode(event)})
+                # Refreshed on every write: a stream lives ttl seconds past its last event.
+                pipe.expire(key, self._ttl)
             await pipe.execute()
