@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from benchmarks.client import Result, stream
 from benchmarks.load import closed_loop, ms, open_loop
-from benchmarks.stack import MODEL, peak_rss_mib, running
+from benchmarks.stack import MODEL, cpu_seconds, peak_rss_mib, running
 from gateway.enqueue import JobQueue
 from sluice.config import ServedModel
 from sluice.contract import (
@@ -75,21 +75,25 @@ def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
     with running(logs / "overhead", synthetic_tokens_per_second=str(per_second)) as stack:
         for rate in rates:
 
-            async def measure(rate: float = rate) -> tuple[list[Result], list[Result]]:
+            async def measure(rate: float = rate) -> tuple[list[Result], list[Result], float]:
                 engine = SyntheticEngine(served, tokens_per_second=per_second, first_token_delay=0.0)
                 base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
                 body = run_body(tokens)
+                cpu = cpu_seconds(stack.gateway_pid)
                 through = await open_loop(lambda: stream(stack.url, stack.run_path, body), rate, duration)
-                return base, through
+                return base, through, cpu_seconds(stack.gateway_pid) - cpu
 
-            base, through = asyncio.run(measure())
+            base, through, gateway_cpu = asyncio.run(measure())
             ok = [r for r in through if r.status == 200]
             row: Row = {"rate": rate, "sent": len(through), "ok": len(ok)}
+            # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
+            row["gateway_cpu_ms_per_request"] = round(gateway_cpu * 1000 / max(1, len(ok)), 2)
             row |= latency_row(base, "engine") | latency_row(through, "sluice")
             row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
             row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
             rows.append(row)
             added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
+            added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
             print(f"  overhead @ {rate:>5} req/s: {added}")
     return rows
 

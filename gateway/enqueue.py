@@ -1,15 +1,23 @@
-"""Where a job is enqueued: one arq job per request, on its model's queue."""
+"""Where a job is enqueued: one arq job per request, on its model's queue.
+
+The job is written in arq's own format (``arq.jobs.serialize_job``, the job key and the queue's
+sorted set), in one MULTI round trip. ``ArqRedis.enqueue_job`` takes three (WATCH, EXISTS, then
+MULTI) to refuse a job id it already holds; request ids are fresh uuid4s, which never collide.
+"""
 
 from __future__ import annotations
 
 import time
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss
+from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.jobs import serialize_job
 
-from sluice.contract import GENERATE, Job, encode, queue_key
-from sluice.errors import unavailable
+from sluice.contract import GENERATE, Job, encode, queue_key, serialize_arq_job
 from sluice.registry import live_workers
+
+#: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
+JOB_EXPIRES_MS = 86_400_000
 
 
 class JobQueue:
@@ -17,11 +25,12 @@ class JobQueue:
         self._redis = redis
 
     async def submit(self, job: Job) -> None:
-        queued = await self._redis.enqueue_job(
-            GENERATE, encode(job), _job_id=job.id, _queue_name=queue_key(job.model)
-        )
-        if queued is None:  # arq refuses a job id it already holds
-            raise unavailable(f"job {job.id} is already queued")
+        enqueued_ms = int(job.enqueued_at * 1000)
+        data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.psetex(job_key_prefix + job.id, JOB_EXPIRES_MS, data)
+            pipe.zadd(queue_key(job.model), {job.id: enqueued_ms})
+            await pipe.execute()
 
     async def abort(self, job_id: str) -> None:
         """Ask arq to cancel the job: dropped if still queued, cancelled on its worker if running."""
