@@ -12,16 +12,12 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from gateway.decode import body_components
 from gateway.enqueue import JobQueue
 from gateway.errors import render
 from gateway.generation import Generations
 from gateway.health import HealthController
-from gateway.native.protocol import RunRequest
 from gateway.native.router import NativeController
 from gateway.openai import CONTROLLERS as OPENAI
-from gateway.openai.chat.protocol import ChatCompletionRequest
-from gateway.openai.completions.protocol import CompletionRequest
 from gateway.relay import StreamRelay
 from gateway.tokens import PromptCounter
 from sluice import __version__
@@ -78,11 +74,6 @@ def create_app(settings: Settings) -> Litestar:
         },
         lifespan=[services],
         exception_handlers={Exception: render},
-        openapi_config=OpenAPIConfig(
-            title="Sluice",
-            version=__version__,
-            path="/docs",
-            components=body_components(RunRequest, ChatCompletionRequest, CompletionRequest),
-        ),
+        openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
         request_max_body_size=settings.max_body_bytes,
     )

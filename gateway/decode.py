@@ -1,8 +1,9 @@
-"""Request bodies decoded strictly, in one step, with msgspec, and documented in the OpenAPI schema.
+"""Request bodies validated strictly, and documented as what they are.
 
-Litestar's own ``data`` parameter converts leniently (``"5"`` becomes 5, ``0`` becomes ``False``);
-Workers AI validates types strictly, so a body is decoded here instead, as a dependency, and a
-wrong type is a 5006 that names the field.
+Litestar parses the JSON and documents the body's type in the OpenAPI schema; its own conversion
+is lenient (``"5"`` would become 5, ``0`` would become ``False``), so handlers take the parsed
+body unconverted (``SkipValidation``) and :func:`strict` converts it the way Workers AI validates:
+types exact, bounds from the schema, and every failure a 5006 that names the field.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request
-from litestar.di import Provide
-from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
 from sluice.errors import bad_input
 
@@ -23,11 +22,9 @@ T = TypeVar("T")
 _FIELD = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
-def decode_json(body: bytes, model: type[T]) -> T:
-    if not body.strip():
-        raise bad_input("the request body is empty; send a JSON object")
+def strict(data: Any, model: type[T]) -> T:
     try:
-        return msgspec.json.decode(body, type=model)
+        return msgspec.convert(data, model, strict=True)
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _FIELD.search(message)
@@ -35,39 +32,13 @@ def decode_json(body: bytes, model: type[T]) -> T:
             raise bad_input(_FIELD.sub("", message)) from None
         field = match.group(1)
         raise bad_input(f"{field}: {message[: match.start()]}", param=field) from None
-    except msgspec.DecodeError as exc:
-        raise bad_input(f"malformed JSON body: {exc}") from None
 
 
-def json_body(model: type[T]) -> Provide:
-    """A dependency that yields the request body decoded as ``model``."""
+@dataclass
+class StreamingOperation(Operation):
+    """An operation whose 200 is JSON or, with ``stream: true``, Server-Sent Events."""
 
-    async def decode(request: Request[Any, Any, Any]) -> T:
-        # Any content type whose body is JSON is taken (curl -d sends form-urlencoded, and the
-        # Workers AI docs' examples rely on that); a form upload is a clear mistake worth naming.
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type.startswith("multipart/"):
-            raise bad_input(f"send the body as JSON (content-type: application/json), not {media_type}")
-        return decode_json(await request.body(), model)
-
-    decode.__annotations__["return"] = model
-    return Provide(decode)
-
-
-def documented_body(model: type) -> type[Operation]:
-    """An OpenAPI operation whose request body is ``model`` (see :func:`body_components`)."""
-    reference = Reference(ref=f"#/components/schemas/{model.__name__}")
-
-    @dataclass
-    class WithBody(Operation):
-        def __post_init__(self) -> None:
-            media = OpenAPIMediaType(schema=reference)
-            self.request_body = RequestBody(content={"application/json": media}, required=True)
-
-    return WithBody
-
-
-def body_components(*models: type) -> Components:
-    """The JSON Schemas of request bodies, as msgspec derives them (bounds included)."""
-    _, schemas = msgspec.json.schema_components(models, ref_template="#/components/schemas/{name}")
-    return Components(schemas=schemas)
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))

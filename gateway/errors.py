@@ -127,7 +127,7 @@ def invalid_body(exc: ValidationException) -> SluiceError:
     return bad_input(exc.detail)
 
 
-def as_sluice_error(exc: Exception) -> SluiceError:
+def as_sluice_error(exc: Exception, content_type: str = "") -> SluiceError:
     """Litestar's own exceptions (routing, body size) and anything unexpected, as Sluice errors."""
     if isinstance(exc, SluiceError):
         return exc
@@ -138,7 +138,11 @@ def as_sluice_error(exc: Exception) -> SluiceError:
     if isinstance(exc, HTTPException) and exc.status_code == 413:
         return too_large()
     if isinstance(exc, HTTPException) and exc.status_code < 500:
-        # msgspec's decode errors ("Input data was truncated", "JSON is malformed: …").
+        # The body did not parse. Any content type carrying JSON is read (curl -d sends
+        # form-urlencoded, and the Workers AI docs' examples rely on it); a form upload is named.
+        media_type = content_type.split(";")[0].strip().lower()
+        if media_type.startswith("multipart/"):
+            return bad_input(f"send the body as JSON (content-type: application/json), not {media_type}")
         return bad_input(f"malformed JSON body: {exc.detail}")
     log.exception("unhandled error", exc_info=exc)
     return internal(type(exc).__name__)
@@ -169,7 +173,7 @@ def render(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     if isinstance(exc, MethodNotAllowedException):
         error = method_not_allowed(request.method)
     else:
-        error = as_sluice_error(exc)
+        error = as_sluice_error(exc, request.headers.get("content-type", ""))
     headers = {"x-should-retry": "true"} if error.retryable else {}
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)  # e.g. the ``Allow`` list a 405 must carry

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from litestar import Controller, Response, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, SkipValidation
 from litestar.response import Stream
 
-from gateway.decode import documented_body, json_body
+from gateway.decode import StreamingOperation, strict
 from gateway.errors import CLOUDFLARE_ERRORS
 from gateway.generation import Generations, new_request_id
 from gateway.native.protocol import RunEnvelope, RunRequest
@@ -26,17 +26,17 @@ class NativeController(Controller):
         status_code=200,
         summary="Run a text-generation model",
         description="JSON by default; Server-Sent Events `{response}` frames with `stream: true`.",
-        operation_class=documented_body(RunRequest),
-        dependencies={"payload": json_body(RunRequest)},
+        operation_class=StreamingOperation,
         responses=CLOUDFLARE_ERRORS,
     )
     async def run(
         self,
         model: FromPath[str],
-        payload: NamedDependency[RunRequest],
+        data: SkipValidation[RunRequest],
         settings: NamedDependency[Settings],
         generations: NamedDependency[Generations],
     ) -> Response[RunEnvelope]:
+        payload = strict(data, RunRequest)
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
         served = settings.served(model.lstrip("/"))
         request_id = new_request_id()

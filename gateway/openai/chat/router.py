@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from litestar import Controller, Response, post
 from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 from litestar.response import Stream
 
-from gateway.decode import documented_body, json_body
+from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
 from gateway.generation import Generations, new_request_id
 from gateway.openai.chat.protocol import ChatCompletion, ChatCompletionRequest
@@ -24,13 +25,13 @@ class ChatController(Controller):
         status_code=200,
         summary="Create a chat completion",
         description="A `chat.completion` object; `chat.completion.chunk` events with `stream: true`.",
-        operation_class=documented_body(ChatCompletionRequest),
-        dependencies={"payload": json_body(ChatCompletionRequest)},
+        operation_class=StreamingOperation,
         responses=OPENAI_ERRORS,
     )
     async def create(
-        self, payload: NamedDependency[ChatCompletionRequest], generations: NamedDependency[Generations]
+        self, data: SkipValidation[ChatCompletionRequest], generations: NamedDependency[Generations]
     ) -> Response[ChatCompletion]:
+        payload = strict(data, ChatCompletionRequest)
         native = to_native(payload)
         request_id = new_request_id()
         handle = await generations.start(payload.model, native, request_id)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from litestar import Controller, Response, post
 from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 from litestar.response import Stream
 
-from gateway.decode import documented_body, json_body
+from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
 from gateway.generation import Generations, new_request_id
 from gateway.openai.completions.protocol import CompletionRequest, TextCompletion
@@ -24,13 +25,13 @@ class CompletionsController(Controller):
         status_code=200,
         summary="Create a completion (legacy)",
         description="The prompt is sent verbatim, without the chat template.",
-        operation_class=documented_body(CompletionRequest),
-        dependencies={"payload": json_body(CompletionRequest)},
+        operation_class=StreamingOperation,
         responses=OPENAI_ERRORS,
     )
     async def create(
-        self, payload: NamedDependency[CompletionRequest], generations: NamedDependency[Generations]
+        self, data: SkipValidation[CompletionRequest], generations: NamedDependency[Generations]
     ) -> Response[TextCompletion]:
+        payload = strict(data, CompletionRequest)
         native = to_native(payload)
         request_id = new_request_id()
         handle = await generations.start(payload.model, native, request_id)
