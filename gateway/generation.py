@@ -11,6 +11,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from litestar.types import Receive
+
 from gateway.enqueue import JobQueue
 from gateway.relay import StreamRelay, Subscription
 from gateway.tokens import PromptCounter
@@ -28,7 +30,14 @@ from sluice.contract import (
     Usage,
     coalesce,
 )
-from sluice.errors import ErrorCode, SluiceError, bad_input, capacity_exceeded, check_context_window
+from sluice.errors import (
+    ErrorCode,
+    SluiceError,
+    bad_input,
+    capacity_exceeded,
+    check_context_window,
+    client_gone,
+)
 
 log = logging.getLogger("sluice.gateway")
 
@@ -53,6 +62,12 @@ class Completion:
 
 #: What a generation yields before it ends: text, or the tool calls that replace it.
 Output = Delta | ToolCalls
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client closes the connection (the request body is already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class GenerationHandle:
@@ -105,6 +120,20 @@ class GenerationHandle:
                 calls.extend(output.calls)
         assert self.done is not None
         return Completion("".join(text), self.done.finish_reason, self.done.usage, calls)
+
+    async def collect_while_connected(self, receive: Receive) -> Completion:
+        """:meth:`collect`, unless the client hangs up first: then the job is aborted at once
+        (by :meth:`close`, which every response calls) instead of running for nobody."""
+        collecting = asyncio.ensure_future(self.collect())
+        leaving = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            raise client_gone()
+        return collecting.result()
 
     def close(self) -> None:
         """Stop following; a job that has not ended is aborted so no engine works for nobody.

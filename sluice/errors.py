@@ -14,6 +14,7 @@ class ErrorCode(IntEnum):
     INTERNAL = 3001
     TOO_LARGE = 3006
     TIMEOUT = 3007
+    ABORTED = 3008
     RATE_LIMITED = 3021
     CAPACITY = 3040
     BAD_INPUT = 5006
@@ -70,6 +71,11 @@ def method_not_allowed(method: str) -> SluiceError:
 
 def unavailable(detail: str) -> SluiceError:
     return SluiceError(ErrorCode.CAPACITY, 503, detail, retryable=True)
+
+
+def client_gone() -> SluiceError:
+    """The client hung up before the answer was ready; nobody reads this, but logs do."""
+    return SluiceError(ErrorCode.ABORTED, 408, "Request aborted: the client closed the connection")
 
 
 def capacity_exceeded() -> SluiceError:

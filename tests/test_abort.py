@@ -36,3 +36,27 @@ async def test_disconnect_aborts_the_job(stack: Stack) -> None:
         assert generated < 4000
     finally:
         await redis.aclose()
+
+
+async def test_a_non_streaming_client_that_leaves_aborts_its_job(stack: Stack) -> None:
+    body = {"prompt": "Write a very long story about a dragon.", "max_tokens": 4000}
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            request = asyncio.create_task(client.post(stack.native_url, json=body))
+            # The job is running once arq marks it in progress; then the client hangs up.
+            deadline = time.monotonic() + 15
+            while not (running := await redis.keys("arq:in-progress:*")):
+                assert time.monotonic() < deadline, "the job never started"
+                await asyncio.sleep(0.02)
+            request.cancel()
+        (key,) = running
+        deadline = time.monotonic() + 15
+        while await redis.exists(key):
+            assert time.monotonic() < deadline, "the job kept running after its client left"
+            await asyncio.sleep(0.05)
+        job_id = key.decode().removeprefix("arq:in-progress:")
+        events = [decode_event(fields[b"e"]) for _, fields in await redis.xrange(events_key(job_id))]
+        assert not any(isinstance(e, Done) for e in events)
+    finally:
+        await redis.aclose()

@@ -1,16 +1,20 @@
 """Tool calling the way Llama 3.1 does it, for any engine: tools into the prompt, calls out of the text.
 
-The rendering follows Llama 3.1's own chat template for JSON ("custom") tool calling with its
-default ``tools_in_user_message``: the tool definitions and instructions go in front of the first
-user turn, an assistant call is the JSON ``{"name", "parameters"}``, and a tool result is an
-``ipython`` turn. Done on the messages rather than inside one template, so a model whose template
-knows nothing of tools (the CPU stand-in) gets the same prompt text.
+The rendering follows the chat template in ``meta-llama/Llama-3.1-8B-Instruct``'s
+``tokenizer_config.json`` for JSON ("custom") tool calling with its default
+``tools_in_user_message``: the instructions and tool definitions go in front of the first turn after
+the system prompt, an assistant call is the JSON ``{"name", "parameters"}``, and a tool result is an
+``ipython`` turn. It is done on the messages rather than inside one template, so a model whose
+template knows nothing of tools (the CPU stand-in) reads the same text.
+
+What messages cannot carry: with tools, that template also writes ``Environment: ipython`` into the
+system header, above the knowledge-cutoff lines; rendering :func:`to_chat`'s turns through it
+without tools differs from rendering the original request with tools by exactly that line.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +22,8 @@ from typing import Any
 from sluice.contract import Function, JsonObject, Message, NamedToolChoice, ToolCall, ToolCallIn, ToolChoice
 from sluice.errors import bad_input
 
-#: Llama 3.1's instructions for JSON tool calls, verbatim from its chat template.
+#: Llama 3.1's instructions for JSON tool calls, as its chat template writes them (no space before
+#: "Do not use variables." — the template joins two literals; the model was tuned on that text).
 INSTRUCTIONS = (
     "Given the following functions, please respond with a JSON for a function call "
     "with its proper arguments that best answers the given prompt.\n\n"
@@ -28,39 +33,46 @@ INSTRUCTIONS = (
 PYTHON_TAG = "<|python_tag|>"
 _END_TAGS = ("<|eom_id|>", "<|eot_id|>")
 
+Turn = dict[str, str]
+
+
+# --- Into the prompt ----------------------------------------------------------------------------
+
 
 def tool_block(tools: list[Function]) -> str:
     """The instructions and one indented JSON definition per tool, as the template writes them."""
-    definitions = "".join(
-        json.dumps(
-            {
-                "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-            },
-            indent=4,
-            ensure_ascii=False,
-        )
-        + "\n\n"
-        for t in tools
-    )
-    return INSTRUCTIONS + definitions
+    return INSTRUCTIONS + "".join(_definition(tool) + "\n\n" for tool in tools)
+
+
+def _definition(tool: Function) -> str:
+    # ensure_ascii=False and insertion order: transformers' ``tojson`` filter, which the template uses.
+    spec = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    return json.dumps({"type": "function", "function": spec}, indent=4, ensure_ascii=False)
+
+
+def _decoded_arguments(arguments: str) -> Any:
+    """OpenAI clients send arguments as JSON text; the template writes them as a JSON value."""
+    try:
+        return json.loads(arguments or "{}")
+    except (ValueError, RecursionError):  # not JSON (or absurdly nested): keep the text as a string
+        return arguments
 
 
 def call_text(calls: list[ToolCallIn]) -> str:
-    """An assistant turn that called tools, in the form the model itself writes calls."""
+    """An assistant turn that called tools, written the way the model itself writes calls."""
+    # The template allows one call per turn (it raises otherwise); several are joined with "; ",
+    # the form parse_tool_calls (and vLLM's Llama parser) reads back, rather than failing the request.
+    return " ".join(
+        json.dumps(
+            {"name": call.function.name, "parameters": _decoded_arguments(call.function.arguments)},
+            ensure_ascii=False,
+        )
+        for call in calls
+    )
 
-    def one(call: ToolCallIn) -> str:
-        try:
-            arguments: Any = json.loads(call.function.arguments or "{}")
-        except ValueError:
-            arguments = call.function.arguments
-        return json.dumps({"name": call.function.name, "parameters": arguments}, ensure_ascii=False)
 
-    # The template allows one call per turn; several are joined as Llama writes them (";").
-    return "; ".join(one(call) for call in calls)
-
-
-def chat_turn(message: Message) -> dict[str, str]:
+def chat_turn(message: Message) -> Turn:
+    """One message as a plain ``{role, content}`` turn, tool traffic in Llama's own form."""
     if message.tool_calls:
         return {"role": "assistant", "content": call_text(message.tool_calls)}
     if message.role in ("tool", "ipython"):
@@ -69,18 +81,23 @@ def chat_turn(message: Message) -> dict[str, str]:
     return {"role": role, "content": message.text()}
 
 
-def to_chat(messages: list[Message], tools: list[Function]) -> list[dict[str, str]]:
+def to_chat(messages: list[Message], tools: list[Function]) -> list[Turn]:
     """The conversation as ``{role, content}`` turns for a chat template, tools rendered in."""
-    turns = [chat_turn(m) for m in messages]
-    if not tools:
-        return turns
-    # The template puts the tools in front of the first turn after the system prompt.
+    turns = [chat_turn(message) for message in messages]
+    return _with_tools(turns, tools) if tools else turns
+
+
+def _with_tools(turns: list[Turn], tools: list[Function]) -> list[Turn]:
+    # The template takes the first turn after the system prompt, whatever its role, and writes it as
+    # a user turn behind the tool block. It raises when there is no such turn; an empty question
+    # after the tools is kinder to a request that is only a system prompt.
     first = 1 if turns and turns[0]["role"] == "system" else 0
-    if first == len(turns):
-        turns.append({"role": "user", "content": ""})
-    turn = turns[first]
-    turns[first] = {"role": turn["role"], "content": tool_block(tools) + turn["content"].strip()}
-    return turns
+    question = turns[first]["content"] if first < len(turns) else ""
+    opened = {"role": "user", "content": tool_block(tools) + question.strip()}
+    return [*turns[:first], opened, *turns[first + 1 :]]
+
+
+# --- Forcing a call -----------------------------------------------------------------------------
 
 
 def _call_schema(tool: Function) -> JsonObject:
@@ -95,9 +112,6 @@ def _call_schema(tool: Function) -> JsonObject:
 
 def tool_call_schema(tools: list[Function], choice: ToolChoice | None) -> JsonObject | None:
     """The JSON Schema a forced tool call must match; ``None`` when the model may answer in text."""
-    if choice == "required" and tools:
-        alternatives = [_call_schema(t) for t in tools]
-        return alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     if isinstance(choice, NamedToolChoice):
         tool = next((t for t in tools if t.name == choice.function.name), None)
         if tool is None:
@@ -105,66 +119,95 @@ def tool_call_schema(tools: list[Function], choice: ToolChoice | None) -> JsonOb
                 f"tool_choice: no tool named {choice.function.name!r} in tools", param="tool_choice"
             )
         return _call_schema(tool)
+    if choice == "required" and tools:
+        alternatives = [_call_schema(tool) for tool in tools]
+        return alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     return None
 
 
+# --- Out of the text ----------------------------------------------------------------------------
+
+
 def new_tool_call_id() -> str:
+    """An id in the style vLLM and Workers AI give tool calls."""
     return f"chatcmpl-tool-{secrets.token_hex(16)}"
 
 
-def _objects(text: str) -> list[Any] | None:
-    """The JSON values ``text`` consists of: one value, a list, or values separated by ``;``."""
+def _after_separator(text: str, position: int) -> int:
+    # Between calls Llama writes "; " (vLLM's Llama parser splits on the same); newlines are tolerated.
+    rest = text[position:].lstrip().removeprefix(";").lstrip()
+    return len(text) - len(rest)
+
+
+def _json_values(text: str) -> list[Any] | None:
+    """The JSON values ``text`` consists of, lists flattened; ``None`` if anything else is in it."""
     decoder = json.JSONDecoder()
     values: list[Any] = []
     position = 0
-    while True:
-        while position < len(text) and (text[position].isspace() or text[position] == ";"):
-            position += 1
-        if position == len(text):
-            return values
+    while position < len(text):
+        if values:
+            position = _after_separator(text, position)
+            if position == len(text):
+                break
         try:
             value, position = decoder.raw_decode(text, position)
-        except ValueError:
+        except (ValueError, RecursionError):  # a degenerate "[[[[…" output must not fail the job
             return None
         values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def _arguments(raw: Any) -> JsonObject | None:
+    if raw is None:  # a call to a tool without parameters may leave them out
+        return {}
+    if isinstance(raw, str):  # some fine-tunes write arguments as OpenAI sends them: JSON text
+        try:
+            raw = json.loads(raw or "{}")
+        except (ValueError, RecursionError):
+            return None
+    return raw if isinstance(raw, dict) else None
 
 
 def _call(value: Any, names: set[str], new_id: Callable[[], str]) -> ToolCall | None:
-    if not isinstance(value, dict) or value.get("name") not in names:
+    if not isinstance(value, dict):
         return None
-    arguments = value.get("parameters", value.get("arguments", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
+    name = value.get("name")
+    if not isinstance(name, str) or name not in names:
         return None
-    return ToolCall(id=new_id(), name=value["name"], arguments=arguments)
+    arguments = _arguments(value["parameters"] if "parameters" in value else value.get("arguments"))
+    if arguments is None:
+        return None
+    return ToolCall(id=new_id(), name=name, arguments=arguments)
 
 
-def parse_tool_calls(text: str, tools: list[Function], new_id: Callable[[], str]) -> list[ToolCall] | None:
-    """Tool calls, if the whole output is calls to ``tools``; ``None`` if it is an answer in text."""
+def _call_body(text: str) -> str:
     body = text.strip()
     for tag in _END_TAGS:
         body = body.removesuffix(tag).rstrip()
-    body = body.removeprefix(PYTHON_TAG).strip()
-    values = _objects(body)
+    return body.removeprefix(PYTHON_TAG).lstrip()
+
+
+def parse_tool_calls(text: str, tools: list[Function], new_id: Callable[[], str]) -> list[ToolCall] | None:
+    """Tool calls, if the whole output is calls to ``tools``; ``None`` if it is an answer in text.
+
+    Builtin calls (``<|python_tag|>brave_search.call(query="…")``) are not JSON and so are text."""
+    values = _json_values(_call_body(text))
     if not values:
         return None
-    names = {t.name for t in tools}
+    names = {tool.name for tool in tools}
     calls = [_call(value, names, new_id) for value in values]
     if any(call is None for call in calls):
         return None
     return [call for call in calls if call is not None]
 
 
-_OPENING = re.compile(r"\s*")
-
-
 def may_be_tool_call(prefix: str) -> bool:
-    """Whether streamed text so far may still turn out to be a tool call (so it is held back)."""
-    start = prefix[_OPENING.match(prefix).end() :]  # type: ignore[union-attr]
-    if not start:
+    """Whether streamed text so far may still turn out to be a tool call (so it is held back).
+
+    True for every prefix of any text :func:`parse_tool_calls` accepts."""
+    start = prefix.lstrip()
+    if start.startswith(PYTHON_TAG):
+        start = start.removeprefix(PYTHON_TAG).lstrip()
+    elif PYTHON_TAG.startswith(start):  # empty, or the tag not yet complete
         return True
-    return start[0] in "{[" or PYTHON_TAG.startswith(start) or start.startswith(PYTHON_TAG)
+    return not start or start[0] in "{["

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, post
+from typing import Any
+
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, SkipValidation
 from litestar.response import Stream
@@ -32,6 +34,7 @@ class NativeController(Controller):
     async def run(
         self,
         model: FromPath[str],
+        request: Request[Any, Any, Any],
         data: SkipValidation[RunRequest],
         settings: NamedDependency[Settings],
         generations: NamedDependency[Generations],
@@ -45,7 +48,7 @@ class NativeController(Controller):
         # cf-ai-req-id is the header Workers AI clients read the request id from.
         headers = {"cf-ai-req-id": request_id, "x-request-id": request_id}
         if not payload.stream:
-            return Response(await run_json(handle, payload), headers=headers)
+            return Response(await run_json(handle, request.receive, payload), headers=headers)
         first, rest = await first_output(handle)
         stream = run_stream(handle, first, rest)
         # Annotated as the JSON envelope for the OpenAPI document; streams are its other media type.

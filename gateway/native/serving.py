@@ -6,6 +6,8 @@ import json
 import random
 from collections.abc import AsyncIterator
 
+from litestar.types import Receive
+
 from gateway.errors import CloudflareError, cloudflare_body
 from gateway.generation import Completion, GenerationHandle, Output
 from gateway.native.protocol import LegacyToolCall, RunEnvelope, RunRequest, RunResult, StreamFrame
@@ -43,9 +45,9 @@ def run_result(request: RunRequest, completion: Completion) -> RunResult:
     return RunResult(response=response, usage=completion.usage)
 
 
-async def run_json(handle: GenerationHandle, request: RunRequest) -> RunEnvelope:
+async def run_json(handle: GenerationHandle, receive: Receive, request: RunRequest) -> RunEnvelope:
     try:
-        completion = await handle.collect()
+        completion = await handle.collect_while_connected(receive)
     finally:
         handle.close()
     return RunEnvelope(result=run_result(request, completion))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, post
+from typing import Any
+
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 from litestar.response import Stream
@@ -29,7 +31,10 @@ class ChatController(Controller):
         responses=OPENAI_ERRORS,
     )
     async def create(
-        self, data: SkipValidation[ChatCompletionRequest], generations: NamedDependency[Generations]
+        self,
+        request: Request[Any, Any, Any],
+        data: SkipValidation[ChatCompletionRequest],
+        generations: NamedDependency[Generations],
     ) -> Response[ChatCompletion]:
         payload = strict(data, ChatCompletionRequest)
         native = to_native(payload)
@@ -37,7 +42,7 @@ class ChatController(Controller):
         handle = await generations.start(payload.model, native, request_id)
         headers = {"x-request-id": request_id}
         if not payload.stream:
-            return Response(await chat_json(handle, payload.model), headers=headers)
+            return Response(await chat_json(handle, request.receive, payload.model), headers=headers)
         first, rest = await first_output(handle)
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
         stream = chat_stream(handle, payload.model, first, rest, include_usage=include_usage)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+from litestar.types import Receive
+
 from gateway.errors import openai_body
 from gateway.generation import GenerationHandle, Output
 from gateway.openai.chat.protocol import ChatCompletion
@@ -14,9 +16,9 @@ from sluice.contract import Delta
 from sluice.errors import SluiceError
 
 
-async def chat_json(handle: GenerationHandle, model: str) -> ChatCompletion:
+async def chat_json(handle: GenerationHandle, receive: Receive, model: str) -> ChatCompletion:
     try:
-        completion = await handle.collect()
+        completion = await handle.collect_while_connected(receive)
     finally:
         handle.close()
     return to_completion(handle.id, int(time.time()), model, completion)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+from litestar.types import Receive
+
 from gateway.errors import openai_body
 from gateway.generation import GenerationHandle, Output
 from gateway.openai.completions.protocol import TextCompletion
@@ -14,9 +16,9 @@ from sluice.contract import Delta
 from sluice.errors import SluiceError
 
 
-async def completion_json(handle: GenerationHandle, model: str) -> TextCompletion:
+async def completion_json(handle: GenerationHandle, receive: Receive, model: str) -> TextCompletion:
     try:
-        completion = await handle.collect()
+        completion = await handle.collect_while_connected(receive)
     finally:
         handle.close()
     writer = CompletionWriter(handle.id, int(time.time()), model)
