@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -34,10 +33,10 @@ WEATHER = Function(
     description="Weather in a city",
     parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
-TIME = Function(name="get_time", description="The time — local", parameters={"type": "object", "properties": {}})
+TIME = Function(
+    name="get_time", description="The time — local", parameters={"type": "object", "properties": {}}
+)
 TOOLS = [WEATHER, TIME]
-#: meta-llama/Llama-3.1-8B-Instruct's own chat template (source and licence in the file's header).
-LLAMA_TEMPLATE = Path(__file__).parent / "data" / "llama-3.1-8b-instruct.chat_template.jinja"
 _ids = itertools.count()
 
 
@@ -166,89 +165,6 @@ def test_tools_with_only_a_system_prompt_get_an_empty_question() -> None:
     assert [t["role"] for t in turns] == ["system", "user"]
     assert turns[1]["content"].startswith("Given the following functions")
     assert turns[1]["content"].endswith("}\n\n")
-
-
-# --- against Llama 3.1's own chat template ------------------------------------------------------
-
-
-def _hf_message(message: Message) -> dict[str, Any]:
-    """A message the way transformers and vLLM hand it to the template: call arguments decoded."""
-    if message.tool_calls:
-        calls = [
-            {
-                "type": "function",
-                "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments)},
-            }
-            for c in message.tool_calls
-        ]
-        return {"role": message.role, "content": message.text(), "tool_calls": calls}
-    return {"role": message.role, "content": message.text()}
-
-
-def _render(template: str, messages: list[dict[str, Any]], tools: list[Function] | None = None) -> str:
-    # transformers' own renderer: its tojson filter (no key sorting, no HTML escaping) is the one
-    # apply_chat_template uses, and so what the engine's prompt is made with.
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    specs: list[Any] | None = None
-    if tools is not None:
-        specs = [
-            {
-                "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-            }
-            for t in tools
-        ]
-    # Annotated as returning ``str``; it returns (one rendering per conversation, generation indices).
-    result: Any = render_jinja_template(
-        [messages],
-        tools=specs,
-        chat_template=template,
-        add_generation_prompt=True,
-        bos_token="<|begin_of_text|>",
-    )
-    text: str = result[0][0]
-    return text
-
-
-CONVERSATIONS = {
-    "round trip": [
-        Message("system", "  Be brief. "),
-        Message("user", "  Weather in Paris?\n"),
-        Message("assistant", None, tool_calls=[call("get_weather", '{"city": "Paris"}')]),
-        Message("tool", '{"temp": 21, "sky": "clear"}', tool_call_id="call_1"),
-        Message("assistant", "21 °C and clear."),
-        Message("user", "And the time?"),
-    ],
-    "no system prompt": [Message("user", "What time is it?")],
-    "no-argument call": [
-        Message("user", "Time?"),
-        Message("assistant", None, tool_calls=[call("get_time", "{}")]),
-        Message("ipython", '"12:00"'),
-    ],
-}
-
-
-@pytest.mark.parametrize("name", CONVERSATIONS)
-def test_to_chat_through_the_template_is_the_template_with_tools(name: str) -> None:
-    template = LLAMA_TEMPLATE.read_text()
-    messages = CONVERSATIONS[name]
-    native = _render(template, [_hf_message(m) for m in messages], tools=TOOLS)
-    ours = _render(template, to_chat(messages, TOOLS))
-    # The one thing messages cannot carry: the header line the template adds when given tools.
-    assert "Environment: ipython\n" in native
-    assert native.replace("Environment: ipython\n", "", 1) == ours
-
-
-def test_the_fixture_is_llamas_template() -> None:
-    template = LLAMA_TEMPLATE.read_text()
-    rendered = _render(template, [{"role": "user", "content": "Hi"}])
-    assert rendered == (
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n"
-    )
 
 
 # --- parse_tool_calls -----------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def call_text(calls: list[ToolCallIn]) -> str:
     """An assistant turn that called tools, written the way the model itself writes calls."""
     # The template allows one call per turn (it raises otherwise); several are joined with "; ",
     # the form parse_tool_calls (and vLLM's Llama parser) reads back, rather than failing the request.
-    return " ".join(
+    return "; ".join(
         json.dumps(
             {"name": call.function.name, "parameters": _decoded_arguments(call.function.arguments)},
             ensure_ascii=False,
