@@ -53,6 +53,7 @@ def running(logs: Path, *, workers: int = 1, synthetic: bool = True, **settings:
     with EmbeddedRedis() as redis:
         port = free_port()
         env = {**os.environ, "REDIS_URL": redis.url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "warning"}
+        env["SLUICE_WORKER_METRICS_PORT"] = "0"  # several workers share this host
         if synthetic:
             env["SLUICE_MODELS"] = json.dumps(SYNTHETIC)
         env.update({f"SLUICE_{k.upper()}": v for k, v in settings.items()})

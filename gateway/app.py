@@ -16,6 +16,7 @@ from gateway.enqueue import JobQueue
 from gateway.errors import render
 from gateway.generation import Generations
 from gateway.health import HealthController
+from gateway.metrics import MetricsController, track_requests
 from gateway.native.router import NativeController
 from gateway.openai import CONTROLLERS as OPENAI
 from gateway.relay import StreamRelay
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             HealthController,
+            MetricsController,
             NativeController,
             Router("/v1", route_handlers=OPENAI),
             Router("/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI),
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         lifespan=[services],
         exception_handlers={Exception: render},
+        middleware=[track_requests],
         openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
         request_max_body_size=settings.max_body_bytes,
     )

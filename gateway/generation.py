@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from litestar.types import Receive
 
+from gateway import metrics
 from gateway.enqueue import JobQueue
 from gateway.relay import StreamRelay, Subscription
 from gateway.tokens import PromptCounter
@@ -81,6 +83,7 @@ class GenerationHandle:
         self._subscription = subscription
         self._abort = abort
         self._timeout = timeout
+        self._last_output: float | None = None
 
     @property
     def id(self) -> str:
@@ -95,20 +98,28 @@ class GenerationHandle:
                 async with asyncio.timeout_at(deadline):
                     events = await self._subscription.next()
             except TimeoutError:
+                metrics.ABORTS.labels("timeout").inc()
                 raise SluiceError(
                     ErrorCode.TIMEOUT, 408, f"Request timeout after {self._timeout:.0f}s", retryable=True
                 ) from None
             # Deltas that arrived together leave together: one frame, one write to the socket.
             for event in coalesce(events):
                 if isinstance(event, Delta | ToolCalls):
+                    self._observe_output()
                     yield event
                 elif isinstance(event, Done):
                     self.done = event
+                    self._observe_done(event)
                     return
                 elif isinstance(event, Failed):
                     raise error_from(event)
-                elif isinstance(event, Started) and event.attempt > 1:
-                    log.info("job %s restarted (attempt %d)", self.id, event.attempt)
+                elif isinstance(event, Started):
+                    if event.attempt == 1:
+                        metrics.QUEUE_WAIT.labels(self.job.model).observe(
+                            max(0.0, event.at - self.job.enqueued_at)
+                        )
+                    else:
+                        log.info("job %s restarted (attempt %d)", self.id, event.attempt)
 
     async def collect(self) -> Completion:
         text: list[str] = []
@@ -143,7 +154,23 @@ class GenerationHandle:
         """
         self._subscription.close()
         if self.done is None:
+            metrics.ABORTS.labels("client_gone").inc()
             self._abort(self.id)
+
+    def _observe_output(self) -> None:
+        now = time.time()
+        model = self.job.model
+        if self._last_output is None:
+            metrics.FIRST_TOKEN.labels(model).observe(now - self.job.enqueued_at)
+        else:
+            metrics.INTER_TOKEN.labels(model).observe(now - self._last_output)
+        self._last_output = now
+
+    def _observe_done(self, done: Done) -> None:
+        model = self.job.model
+        metrics.GENERATION_SECONDS.labels(model).observe(time.time() - self.job.enqueued_at)
+        metrics.TOKENS.labels(model, "prompt").inc(done.usage.prompt_tokens)
+        metrics.TOKENS.labels(model, "completion").inc(done.usage.completion_tokens)
 
 
 class Generations:
@@ -170,11 +197,16 @@ class Generations:
         served = self._settings.served(model)  # 5007 for a model this deployment does not serve
         prompt_tokens = await self._counter.count(model, request)
         if prompt_tokens is not None:
-            check_context_window(prompt_tokens, request.max_tokens, served.context_window)
+            try:
+                check_context_window(prompt_tokens, request.max_tokens, served.context_window)
+            except SluiceError:
+                metrics.REJECTIONS.labels("context_window").inc()
+                raise
         if request.lora:
             # No adapter registry yet: every name is unknown, and saying so beats ignoring it.
             raise bad_input(f"lora: no LoRA adapter named {request.lora!r} exists", param="lora")
         if reject_if_busy and await self._queue.busy(model, self._settings.heartbeat_ttl):
+            metrics.REJECTIONS.labels("capacity").inc()
             raise capacity_exceeded()
         job = Job(id=request_id, model=model, input=request)
         subscription = self._relay.subscribe(job.id)

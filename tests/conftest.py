@@ -72,6 +72,7 @@ class Stack:
     url: str
     redis_url: str
     logs: Path
+    worker_metrics_url: str = ""
 
     @property
     def native_url(self) -> str:
@@ -81,13 +82,15 @@ class Stack:
 def run_stack(redis_url: str, logs: Path, **settings: str) -> Iterator[Stack]:
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "info"}
+    env["SLUICE_WORKER_METRICS_PORT"] = str(free_port())
     env.update({f"SLUICE_{name.upper()}": value for name, value in settings.items()})
     worker = start("worker", env, logs / "worker.log")
     gateway = start("gateway", env, logs / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, [worker, gateway])
-        yield Stack(url=url, redis_url=redis_url, logs=logs)
+        metrics_url = f"http://127.0.0.1:{env['SLUICE_WORKER_METRICS_PORT']}/metrics"
+        yield Stack(url=url, redis_url=redis_url, logs=logs, worker_metrics_url=metrics_url)
     finally:
         stop(gateway)
         stop(worker)

@@ -11,7 +11,7 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.generation.case import Case
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from gateway.app import create_app
 from sluice.config import Settings
@@ -49,4 +49,11 @@ def test_api_conforms_to_its_document(case: Case[Any], synthetic_stack: Stack) -
     # Every other check runs. This one expects every schema-valid body to succeed, but some rules
     # a JSON Schema cannot state are answered with a documented 400: exactly one of prompt or
     # messages, a model this deployment serves, prompt + max_tokens within the context window.
-    case.call_and_validate(base_url=synthetic_stack.url, excluded_checks=[positive_data_acceptance])
+    response = case.call(base_url=synthetic_stack.url)
+    # A body over the size limit is refused (as documented) before its content is even read,
+    # which the negative-data check does not count among the ways to reject invalid data.
+    too_large = response.status_code == 413
+    excluded = (
+        [positive_data_acceptance, negative_data_rejection] if too_large else [positive_data_acceptance]
+    )
+    case.validate_response(response, excluded_checks=excluded)  # type: ignore[arg-type]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
 from sluice.errors import SluiceError, internal
+from worker import metrics
 from worker.engines.base import Engine, Output
 from worker.prompt import prepare
 from worker.publish import EventPublisher
@@ -85,7 +87,22 @@ class ToolCallWatch:
         return out
 
 
+Outcome = Literal["completed", "failed", "aborted"]
+
+
 async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
+    metrics.RUNNING.labels(job.model).inc()
+    started = time.perf_counter()
+    outcome: Outcome = "aborted"  # unless the generation ends on its own
+    try:
+        outcome = await _run(deps, job, attempt)
+    finally:
+        metrics.RUNNING.labels(job.model).dec()
+        metrics.JOBS.labels(job.model, outcome).inc()
+        metrics.JOB_SECONDS.labels(job.model).observe(time.perf_counter() - started)
+
+
+async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     def publish(events: list[Event]) -> Awaitable[None]:
         return deps.publisher.publish(job.id, events)
 
@@ -94,7 +111,7 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
         request = prepare(job.input)
     except SluiceError as error:
         await publish([failed(error)])
-        return
+        return "failed"
     generation = deps.engine.submit(f"{job.id}:{attempt}", request)
     watch = ToolCallWatch(job.input.tools_offered)
     sent = 0
@@ -105,7 +122,7 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
             await publish(events)
             sent += sum(e.tokens for e in events if isinstance(e, Delta))
             if ended:
-                return
+                return _outcome(deps.engine.name, events)
     except asyncio.CancelledError:
         # Aborted (the client left) or the worker is stopping: the engine must stop at once.
         generation.cancel()
@@ -114,7 +131,20 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     except Exception as exc:
         generation.cancel()
         log.exception("job %s failed", job.id)
+        metrics.ENGINE_ERRORS.labels(deps.engine.name).inc()
         await publish([failed(internal(type(exc).__name__))])
+        return "failed"
+    finally:
+        metrics.TOKENS.labels(job.model).inc(sent)
+
+
+def _outcome(engine: str, events: list[Event]) -> Outcome:
+    failure = next((e for e in events if isinstance(e, Failed)), None)
+    if failure is None:
+        return "completed"
+    if failure.status >= 500:  # the engine's fault, not the request's
+        metrics.ENGINE_ERRORS.labels(engine).inc()
+    return "failed"
 
 
 async def generate(ctx: dict[str, Any], payload: bytes) -> None:

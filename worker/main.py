@@ -30,6 +30,7 @@ from sluice.contract import (
 from sluice.registry import deregister, heartbeat
 from worker.engines import create_engine
 from worker.job import JobDeps, generate
+from worker.metrics import serve_metrics
 from worker.publish import EventPublisher
 
 log = logging.getLogger("sluice.worker")
@@ -90,6 +91,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    serve_metrics(settings.host, settings.worker_metrics_port)
     beating = asyncio.create_task(heartbeat(pool, info, settings.heartbeat_ttl))
     running = asyncio.create_task(worker.async_run())
     log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, info.slots)

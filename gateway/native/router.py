@@ -12,6 +12,7 @@ from litestar.response import Stream
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import CLOUDFLARE_ERRORS
 from gateway.generation import Generations, new_request_id
+from gateway.metrics import label_model
 from gateway.native.protocol import RunEnvelope, RunRequest
 from gateway.native.serving import run_json, run_stream
 from gateway.sse import HEADERS
@@ -45,6 +46,7 @@ class NativeController(Controller):
         request_id = new_request_id()
         busy_rejects = payload.options is not None and payload.options.reject_if_busy
         handle = await generations.start(served.name, payload, request_id, reject_if_busy=busy_rejects)
+        label_model(request, served.name)
         # cf-ai-req-id is the header Workers AI clients read the request id from.
         headers = {"cf-ai-req-id": request_id, "x-request-id": request_id}
         if not payload.stream:

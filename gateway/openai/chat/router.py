@@ -12,6 +12,7 @@ from litestar.response import Stream
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
 from gateway.generation import Generations, new_request_id
+from gateway.metrics import label_model
 from gateway.openai.chat.protocol import ChatCompletion, ChatCompletionRequest
 from gateway.openai.chat.serving import chat_json, chat_stream
 from gateway.openai.chat.translate import to_native
@@ -40,6 +41,7 @@ class ChatController(Controller):
         native = to_native(payload)
         request_id = new_request_id()
         handle = await generations.start(payload.model, native, request_id)
+        label_model(request, payload.model)
         headers = {"x-request-id": request_id}
         if not payload.stream:
             return Response(await chat_json(handle, request.receive, payload.model), headers=headers)

@@ -12,6 +12,7 @@ from litestar.response import Stream
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
 from gateway.generation import Generations, new_request_id
+from gateway.metrics import label_model
 from gateway.openai.completions.protocol import CompletionRequest, TextCompletion
 from gateway.openai.completions.serving import completion_json, completion_stream
 from gateway.openai.completions.translate import to_native
@@ -40,6 +41,7 @@ class CompletionsController(Controller):
         native = to_native(payload)
         request_id = new_request_id()
         handle = await generations.start(payload.model, native, request_id)
+        label_model(request, payload.model)
         headers = {"x-request-id": request_id}
         if not payload.stream:
             return Response(await completion_json(handle, request.receive, payload.model), headers=headers)

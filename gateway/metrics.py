@@ -1,0 +1,166 @@
+"""The gateway's Prometheus metrics, measured where the user feels them.
+
+Queue wait, time to first token and inter-token latency are observed here, not in an engine:
+only the gateway sees a request's whole path. Labels are bounded: API, route template, served
+model name, status code, reason; never a key, account, request or adapter id. With several
+server processes set ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode) and
+every process's samples are summed at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq.connections import ArqRedis
+from litestar import Controller, Request, get
+from litestar.di import NamedDependency
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from redis.asyncio import Redis
+
+from sluice.config import Settings
+from sluice.contract import WORKERS_KEY, decode_worker, worker_key
+
+#: Milliseconds matter for queue wait, first token and the gaps between tokens.
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Seconds to minutes for a whole request.
+SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+REQUESTS = Counter("sluice_requests", "HTTP requests answered", ["api", "route", "model", "status"])
+REQUEST_SECONDS = Histogram(
+    "sluice_request_duration_seconds",
+    "Time to the last byte of a response",
+    ["api", "route"],
+    buckets=SLOW_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "sluice_in_flight_requests", "Requests being answered", ["api"], multiprocess_mode="livesum"
+)
+QUEUE_WAIT = Histogram(
+    "sluice_queue_wait_seconds", "Enqueue to a worker starting the job", ["model"], buckets=FAST_BUCKETS
+)
+FIRST_TOKEN = Histogram(
+    "sluice_time_to_first_token_seconds", "Enqueue to the first output", ["model"], buckets=FAST_BUCKETS
+)
+INTER_TOKEN = Histogram(
+    "sluice_inter_token_seconds",
+    "Gap between consecutive outputs of a stream",
+    ["model"],
+    buckets=FAST_BUCKETS,
+)
+GENERATION_SECONDS = Histogram(
+    "sluice_generation_duration_seconds", "Enqueue to the last token", ["model"], buckets=SLOW_BUCKETS
+)
+TOKENS = Counter("sluice_tokens", "Tokens of finished generations", ["model", "kind"])
+REJECTIONS = Counter("sluice_rejections", "Requests refused before queueing", ["reason"])
+ABORTS = Counter("sluice_aborts", "Generations ended before their answer", ["cause"])
+
+
+def api_of(path: str) -> str:
+    if path.startswith("/v1/") or "/ai/v1/" in path:
+        return "openai"
+    if "/ai/run/" in path:
+        return "workers_ai"
+    return "other"
+
+
+async def _queue_gauges(redis: Redis, heartbeat_ttl: float) -> CollectorRegistry:
+    """Queue depth, oldest job age, live workers and their slots, read from Redis at scrape time."""
+    registry = CollectorRegistry()
+    depth = Gauge("sluice_queue_depth", "Jobs waiting", ["queue"], registry=registry)
+    oldest = Gauge(
+        "sluice_queue_oldest_job_age_seconds", "Age of the oldest waiting job", ["queue"], registry=registry
+    )
+    workers = Gauge("sluice_live_workers", "Workers with a fresh heartbeat", ["queue"], registry=registry)
+    slots = Gauge(
+        "sluice_worker_slots", "Jobs the live workers can run at once", ["queue"], registry=registry
+    )
+    now = time.time()
+    ids = await redis.zrangebyscore(WORKERS_KEY, int((now - heartbeat_ttl) * 1000), "+inf")
+    queues: set[str] = set()
+    for raw in await redis.mget([worker_key(i.decode()) for i in ids]) if ids else []:
+        if raw is None:
+            continue
+        info = decode_worker(raw)
+        queues.add(info.queue)
+        workers.labels(info.queue).inc()
+        slots.labels(info.queue).inc(info.slots)
+    for queue in sorted(queues):
+        depth.labels(queue).set(await redis.zcard(queue))
+        first = await redis.zrange(queue, 0, 0, withscores=True)
+        oldest.labels(queue).set(max(0.0, now - first[0][1] / 1000) if first else 0.0)
+    return registry
+
+
+def exposition(redis: Redis, heartbeat_ttl: float) -> Callable[[], Awaitable[bytes]]:
+    """The ``/metrics`` body: this process's metrics (or all processes', in multiprocess mode)
+    and the queue gauges."""
+
+    async def render() -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            own = generate_latest(registry)
+        else:
+            own = generate_latest()
+        return own + generate_latest(await _queue_gauges(redis, heartbeat_ttl))
+
+    return render
+
+
+def track_requests(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: every answered request counted and timed, by API, route and status."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        api = api_of(scope["path"])
+        status = 500
+        start = time.perf_counter()
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.labels(api).inc()
+        try:
+            await app(scope, receive, observe)
+        finally:
+            IN_FLIGHT.labels(api).dec()
+            route = scope.get("path_template") or "unmatched"
+            model = str(scope.get("state", {}).get(MODEL_STATE, ""))
+            REQUESTS.labels(api, route, model, str(status)).inc()
+            REQUEST_SECONDS.labels(api, route).observe(time.perf_counter() - start)
+
+    return middleware
+
+
+#: Where a handler leaves the served model's name for the request counter.
+MODEL_STATE = "sluice_model"
+
+
+def label_model(request: Request[Any, Any, Any], model: str) -> None:
+    """Name the served model in this request's counter (a configured name: bounded)."""
+    request.scope.setdefault("state", {})[MODEL_STATE] = model
+
+
+class MetricsController(Controller):
+    tags = ("Operations",)
+
+    @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def metrics(self, redis: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> bytes:
+        return await exposition(redis, settings.heartbeat_ttl)()
