@@ -28,6 +28,7 @@ from prometheus_client import (
     multiprocess,
 )
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sluice.config import Settings
 from sluice.contract import WORKERS_KEY, decode_worker, worker_key
@@ -76,31 +77,44 @@ def api_of(path: str) -> str:
 
 
 async def _queue_gauges(redis: Redis, heartbeat_ttl: float) -> CollectorRegistry:
-    """Queue depth, oldest job age, live workers and their slots, read from Redis at scrape time."""
+    """Queue depth, oldest job age, live workers and their slots, read from Redis at scrape time;
+    ``sluice_redis_up`` says whether Redis answered (the scrape itself succeeds either way)."""
     registry = CollectorRegistry()
-    depth = Gauge("sluice_queue_depth", "Jobs waiting", ["queue"], registry=registry)
-    oldest = Gauge(
-        "sluice_queue_oldest_job_age_seconds", "Age of the oldest waiting job", ["queue"], registry=registry
-    )
-    workers = Gauge("sluice_live_workers", "Workers with a fresh heartbeat", ["queue"], registry=registry)
-    slots = Gauge(
-        "sluice_worker_slots", "Jobs the live workers can run at once", ["queue"], registry=registry
-    )
-    now = time.time()
-    ids = await redis.zrangebyscore(WORKERS_KEY, int((now - heartbeat_ttl) * 1000), "+inf")
-    queues: set[str] = set()
-    for raw in await redis.mget([worker_key(i.decode()) for i in ids]) if ids else []:
-        if raw is None:
-            continue
-        info = decode_worker(raw)
-        queues.add(info.queue)
-        workers.labels(info.queue).inc()
-        slots.labels(info.queue).inc(info.slots)
-    for queue in sorted(queues):
-        depth.labels(queue).set(await redis.zcard(queue))
-        first = await redis.zrange(queue, 0, 0, withscores=True)
-        oldest.labels(queue).set(max(0.0, now - first[0][1] / 1000) if first else 0.0)
+    redis_up = Gauge("sluice_redis_up", "Whether Redis answered this scrape", registry=registry)
+    queue_gauges = _QueueGauges(registry)
+    try:
+        await queue_gauges.read(redis, heartbeat_ttl)
+    except (RedisError, OSError):
+        return registry
+    redis_up.set(1)
     return registry
+
+
+class _QueueGauges:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def gauge(name: str, help_text: str) -> Gauge:
+            return Gauge(name, help_text, ["queue"], registry=registry)
+
+        self.depth = gauge("sluice_queue_depth", "Jobs waiting")
+        self.oldest = gauge("sluice_queue_oldest_job_age_seconds", "Age of the oldest waiting job")
+        self.workers = gauge("sluice_live_workers", "Workers with a fresh heartbeat")
+        self.slots = gauge("sluice_worker_slots", "Jobs the live workers can run at once")
+
+    async def read(self, redis: Redis, heartbeat_ttl: float) -> None:
+        now = time.time()
+        ids = await redis.zrangebyscore(WORKERS_KEY, int((now - heartbeat_ttl) * 1000), "+inf")
+        queues: set[str] = set()
+        for raw in await redis.mget([worker_key(i.decode()) for i in ids]) if ids else []:
+            if raw is None:
+                continue
+            info = decode_worker(raw)
+            queues.add(info.queue)
+            self.workers.labels(info.queue).inc()
+            self.slots.labels(info.queue).inc(info.slots)
+        for queue in sorted(queues):
+            self.depth.labels(queue).set(await redis.zcard(queue))
+            first = await redis.zrange(queue, 0, 0, withscores=True)
+            self.oldest.labels(queue).set(max(0.0, now - first[0][1] / 1000) if first else 0.0)
 
 
 def exposition(redis: Redis, heartbeat_ttl: float) -> Callable[[], Awaitable[bytes]]:

@@ -79,7 +79,7 @@ def form(branch: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 VALID = st.one_of(*(form(b) for b in seed_schema("input.schema.json")["oneOf"]))  # type: ignore[attr-defined]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(VALID)
 def test_every_valid_input_is_accepted(instance: dict[str, Any]) -> None:
     request = msgspec.json.decode(json.dumps(instance), type=RunRequest)
@@ -129,6 +129,7 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
 @settings(
     max_examples=150,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(field=st.sampled_from(sorted(BREAKERS)), data=st.data())
@@ -142,7 +143,12 @@ def test_every_broken_field_is_refused_naming_it(http: httpx.Client, field: str,
     assert field in error["message"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     bad=st.one_of(
         st.just({"role": "user"}),  # content missing

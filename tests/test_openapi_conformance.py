@@ -19,19 +19,13 @@ from tests.conftest import MODEL, Stack
 
 
 def deployment_document() -> dict[str, Any]:
-    """Sluice's OpenAPI document, narrowed to this test deployment: the one served model and
-    short answers, so that schema-valid requests reach the engine instead of a 400 or 404."""
+    """Sluice's OpenAPI document, narrowed to this test deployment's one served model, so that
+    schema-valid requests reach the engine instead of a 400 or 404. (Only narrowings the server
+    really enforces: anything else would turn correct acceptances into failures.)"""
     document: dict[str, Any] = create_app(Settings(redis_url="redis://unused")).openapi_schema.to_schema()
     schemas = document["components"]["schemas"]
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         schemas[name]["properties"]["model"] = {"type": "string", "enum": [MODEL]}
-    for name, field in [
-        ("RunRequest", "max_tokens"),
-        ("ChatCompletionRequest", "max_tokens"),
-        ("ChatCompletionRequest", "max_completion_tokens"),
-        ("CompletionRequest", "max_tokens"),
-    ]:
-        schemas[name]["properties"][field] = {"type": "integer", "minimum": 1, "maximum": 32}
     for path, item in document["paths"].items():
         for operation in item.values():
             for parameter in operation.get("parameters", []):
@@ -44,7 +38,7 @@ SCHEMA = schemathesis.openapi.from_dict(deployment_document())
 
 
 @SCHEMA.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_document(case: Case[Any], synthetic_stack: Stack) -> None:
     # Every other check runs. This one expects every schema-valid body to succeed, but some rules
     # a JSON Schema cannot state are answered with a documented 400: exactly one of prompt or
