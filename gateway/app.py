@@ -76,6 +76,8 @@ def create_app(settings: Settings) -> Litestar:
         },
         lifespan=[services],
         exception_handlers={Exception: render},
+        # Logging is set up once by the process (sluice.cli): JSON lines, not Litestar's format.
+        logging_config=None,
         middleware=[track_requests],
         openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
         request_max_body_size=settings.max_body_bytes,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -42,10 +41,6 @@ from sluice.errors import (
 )
 
 log = logging.getLogger("sluice.gateway")
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 def error_from(event: Failed) -> SluiceError:

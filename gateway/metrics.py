@@ -9,8 +9,10 @@ every process's samples are summed at scrape time.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -143,11 +145,15 @@ def track_requests(app: ASGIApp) -> ASGIApp:
         api = api_of(scope["path"])
         status = 500
         start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})[REQUEST_ID_STATE] = request_id
 
         async def observe(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Every response carries its id; the job, its stream and its log lines share it.
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         IN_FLIGHT.labels(api).inc()
@@ -157,14 +163,35 @@ def track_requests(app: ASGIApp) -> ASGIApp:
             IN_FLIGHT.labels(api).dec()
             route = scope.get("path_template") or "unmatched"
             model = str(scope.get("state", {}).get(MODEL_STATE, ""))
+            seconds = time.perf_counter() - start
             REQUESTS.labels(api, route, model, str(status)).inc()
-            REQUEST_SECONDS.labels(api, route).observe(time.perf_counter() - start)
+            REQUEST_SECONDS.labels(api, route).observe(seconds)
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method", ""),
+                    "path": scope["path"],
+                    "route": route,
+                    "api": api,
+                    "model": model,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
 
     return middleware
 
 
 #: Where a handler leaves the served model's name for the request counter.
 MODEL_STATE = "sluice_model"
+#: Where the middleware leaves the request's id for the handlers (it becomes the job's id).
+REQUEST_ID_STATE = "sluice_request_id"
+access_log = logging.getLogger("sluice.gateway.access")
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    return str(request.scope.get("state", {}).get(REQUEST_ID_STATE) or uuid.uuid4().hex)
 
 
 def label_model(request: Request[Any, Any, Any], model: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+from pythonjsonlogger.json import JsonFormatter
 
 from sluice.config import Settings, describe, load_settings
 from sluice.redis_server import EmbeddedRedis
@@ -22,12 +23,19 @@ from sluice.redis_server import EmbeddedRedis
 log = logging.getLogger("sluice")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, form: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if form == "json":
+        # python-json-logger: fields given as ``extra=`` (request_id, status, ...) become keys.
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def _banner(role: str, settings: Settings) -> None:
@@ -87,7 +95,8 @@ def run_gateway(settings: Settings) -> None:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # uvicorn's own lines go through the process's (JSON) handler too
+        access_log=False,  # gateway/metrics.py writes one richer line per request
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()
@@ -185,7 +194,7 @@ def run_up(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     if args.command == "gateway":
         run_gateway(settings)
     elif args.command == "worker":

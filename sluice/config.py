@@ -79,6 +79,8 @@ class Settings(Struct, kw_only=True):
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1_048_576
     log_level: str = "info"
+    #: ``json``: one JSON object per line (for log collectors); ``text`` for a terminal.
+    log_format: Literal["json", "text"] = "json"
     #: Where a worker serves its Prometheus metrics (0: nowhere); the gateway's are at /metrics.
     worker_metrics_port: int = 9091
     #: The ``synthetic`` load-test engine: tokens per second per stream, and seconds to the first.

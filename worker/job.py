@@ -97,9 +97,13 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     try:
         outcome = await _run(deps, job, attempt)
     finally:
+        seconds = time.perf_counter() - started
         metrics.RUNNING.labels(job.model).dec()
         metrics.JOBS.labels(job.model, outcome).inc()
-        metrics.JOB_SECONDS.labels(job.model).observe(time.perf_counter() - started)
+        metrics.JOB_SECONDS.labels(job.model).observe(seconds)
+        # The job id is the gateway's request id: one id across the response, the stream and logs.
+        context = {"request_id": job.id, "model": job.model, "attempt": attempt}
+        log.info("job ended", extra={**context, "outcome": outcome, "duration_ms": round(seconds * 1000, 2)})
 
 
 async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
@@ -126,11 +130,11 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     except asyncio.CancelledError:
         # Aborted (the client left) or the worker is stopping: the engine must stop at once.
         generation.cancel()
-        log.info("job %s cancelled after %d tokens", job.id, sent)
+        log.info("job cancelled", extra={"request_id": job.id, "tokens": sent})
         raise
     except Exception as exc:
         generation.cancel()
-        log.exception("job %s failed", job.id)
+        log.exception("job failed", extra={"request_id": job.id})
         metrics.ENGINE_ERRORS.labels(deps.engine.name).inc()
         await publish([failed(internal(type(exc).__name__))])
         return "failed"

@@ -11,8 +11,8 @@ from litestar.response import Stream
 
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import CLOUDFLARE_ERRORS
-from gateway.generation import Generations, new_request_id
-from gateway.metrics import label_model
+from gateway.generation import Generations
+from gateway.metrics import label_model, request_id_of
 from gateway.native.protocol import RunEnvelope, RunRequest
 from gateway.native.serving import run_json, run_stream
 from gateway.sse import HEADERS
@@ -43,12 +43,12 @@ class NativeController(Controller):
         payload = strict(data, RunRequest)
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
         served = settings.served(model.lstrip("/"))
-        request_id = new_request_id()
+        request_id = request_id_of(request)
         busy_rejects = payload.options is not None and payload.options.reject_if_busy
         handle = await generations.start(served.name, payload, request_id, reject_if_busy=busy_rejects)
         label_model(request, served.name)
         # cf-ai-req-id is the header Workers AI clients read the request id from.
-        headers = {"cf-ai-req-id": request_id, "x-request-id": request_id}
+        headers = {"cf-ai-req-id": request_id}
         if not payload.stream:
             return Response(await run_json(handle, request.receive, payload), headers=headers)
         first, rest = await first_output(handle)

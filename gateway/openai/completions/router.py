@@ -11,8 +11,8 @@ from litestar.response import Stream
 
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
-from gateway.generation import Generations, new_request_id
-from gateway.metrics import label_model
+from gateway.generation import Generations
+from gateway.metrics import label_model, request_id_of
 from gateway.openai.completions.protocol import CompletionRequest, TextCompletion
 from gateway.openai.completions.serving import completion_json, completion_stream
 from gateway.openai.completions.translate import to_native
@@ -39,13 +39,12 @@ class CompletionsController(Controller):
     ) -> Response[TextCompletion]:
         payload = strict(data, CompletionRequest)
         native = to_native(payload)
-        request_id = new_request_id()
+        request_id = request_id_of(request)
         handle = await generations.start(payload.model, native, request_id)
         label_model(request, payload.model)
-        headers = {"x-request-id": request_id}
         if not payload.stream:
-            return Response(await completion_json(handle, request.receive, payload.model), headers=headers)
+            return Response(await completion_json(handle, request.receive, payload.model))
         first, rest = await first_output(handle)
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
         stream = completion_stream(handle, payload.model, first, rest, include_usage=include_usage)
-        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})  # type: ignore[return-value]
+        return Stream(stream, media_type="text/event-stream", headers=HEADERS)  # type: ignore[return-value]
