@@ -72,11 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     work = commands.add_parser("worker", help="a worker running one served model")
     common(work)
     worker(work)
+    status = commands.add_parser(
+        "status", help="queues, workers, traffic and errors, from Redis and /metrics"
+    )
+    common(status)
+    status.add_argument(
+        "--gateway-url", default="http://127.0.0.1:8080", help="where the gateway's /metrics is"
+    )
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "gateway_url")}
     return load_settings(flags)
 
 
@@ -195,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     _setup_logging(settings.log_level, settings.log_format)
+    if args.command == "status":
+        from sluice.status import show
+
+        if not settings.redis_url:
+            sys.exit("sluice status: set REDIS_URL or --redis-url")
+        return show(settings, args.gateway_url)
     if args.command == "gateway":
         run_gateway(settings)
     elif args.command == "worker":
