@@ -55,10 +55,8 @@ def scrape(url: str) -> Traffic:
                 traffic.rejections[labels["reason"]] = sample.value
             elif sample.name == "sluice_aborts_total":
                 traffic.aborts[labels["cause"]] = sample.value
-            elif (
-                sample.name == "sluice_in_flight_requests" and labels.get("api") != "other"
-            ):  # not this scrape
-                traffic.in_flight += sample.value
+            elif sample.name == "sluice_in_flight_requests" and labels.get("api") != "other":
+                traffic.in_flight += sample.value  # API requests only, not this very scrape
             elif sample.name == "sluice_time_to_first_token_seconds_bucket":
                 ttft[float(labels["le"])] += sample.value
     traffic.ttft_buckets = list(ttft.items())
