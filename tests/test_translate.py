@@ -9,7 +9,8 @@ import pytest
 
 from gateway.generation import Completion
 from gateway.openai.chat.protocol import ChatCompletionRequest
-from gateway.openai.chat.translate import ChunkWriter, native_seed, to_completion, to_native
+from gateway.openai.chat.translate import ChunkWriter, to_completion, to_native
+from gateway.openai.sampling import native_seed
 from sluice.contract import NamedToolChoice, ToolCall, Usage
 from sluice.errors import SluiceError
 

@@ -7,11 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta
 
+from gateway.openai.sampling import SamplingRequest
 from sluice.contract import JsonObject, Message, Tool, ToolChoice, Usage
-
-
-class StreamOptions(msgspec.Struct):
-    include_usage: bool = False
 
 
 class JsonSchemaFormat(msgspec.Struct):
@@ -32,30 +29,14 @@ class ResponseFormat(msgspec.Struct, omit_defaults=True):
             raise ValueError("response_format of type 'json_schema' needs 'json_schema'")
 
 
-class ChatCompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Strict like OpenAI's API: an unknown field is a 400 naming it, never silently dropped."""
-
-    model: str
+class ChatCompletionRequest(SamplingRequest, kw_only=True, forbid_unknown_fields=True):
     messages: Annotated[list[Message], Meta(min_length=1)]
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    seed: int | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    n: int | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: str | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    # Sampling extensions vLLM and SGLang accept (OpenAI SDK users send them via extra_body).
-    top_k: Annotated[int, Meta(ge=1, le=50)] | None = None
-    repetition_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
     # Accepted and ignored: bookkeeping that changes nothing about the answer.
     store: bool | None = None
     metadata: dict[str, str] | None = None

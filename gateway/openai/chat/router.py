@@ -45,7 +45,6 @@ class ChatController(Controller):
         if not payload.stream:
             return Response(await chat_json(handle, request.receive, payload.model))
         first, rest = await first_output(handle)
-        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        stream = chat_stream(handle, payload.model, first, rest, include_usage=include_usage)
+        stream = chat_stream(handle, payload.model, first, rest, include_usage=payload.include_usage)
         # Annotated as the JSON object for the OpenAPI document; streams are its other media type.
         return Stream(stream, media_type="text/event-stream", headers=HEADERS)  # type: ignore[return-value]

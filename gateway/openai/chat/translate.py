@@ -6,7 +6,6 @@ Nothing downstream of the gateway knows which API a client spoke.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import msgspec
 
@@ -23,18 +22,8 @@ from gateway.openai.chat.protocol import (
     ToolCallChunk,
     ToolCallOut,
 )
+from gateway.openai.sampling import native_input, refuse, sampling_fields
 from sluice.contract import GenerationInput, Message, ResponseFormat, ToolCall, Usage
-from sluice.errors import bad_input
-
-#: The native seed range; OpenAI takes any integer, so other seeds are folded into it.
-_SEED_MAX = 9_999_999_999
-
-
-def native_seed(seed: int | None) -> int | None:
-    """Same OpenAI seed, same native seed: reproducibility is what a seed promises."""
-    if seed is None or 1 <= seed <= _SEED_MAX:
-        return seed
-    return seed % _SEED_MAX + 1
 
 
 def native_message(message: Message) -> Message:
@@ -54,31 +43,17 @@ def native_format(request: ChatCompletionRequest) -> ResponseFormat | None:
 
 def to_native(request: ChatCompletionRequest) -> GenerationInput:
     """An OpenAI chat request as the Workers AI input; bounds are checked by the native type."""
-    field = request.unsupported()
-    if field is not None:
-        raise bad_input(f"{field}: not supported by this server", param=field)
-    fields: dict[str, Any] = {
-        "messages": [native_message(m) for m in request.messages],
-        "stream": bool(request.stream),
-        "max_tokens": request.max_completion_tokens or request.max_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "top_k": request.top_k,
-        "seed": native_seed(request.seed),
-        "repetition_penalty": request.repetition_penalty,
-        "frequency_penalty": request.frequency_penalty,
-        "presence_penalty": request.presence_penalty,
-        "stop": [request.stop] if isinstance(request.stop, str) else request.stop,
-        "tools": request.tools,
-        "tool_choice": request.tool_choice,
-        "response_format": native_format(request),
-    }
-    try:
-        return msgspec.convert(
-            {k: v for k, v in fields.items() if v is not None}, GenerationInput, from_attributes=True
-        )
-    except msgspec.ValidationError as exc:
-        raise bad_input(str(exc)) from None
+    refuse(request.unsupported())
+    return native_input(
+        {
+            **sampling_fields(request),
+            "messages": [native_message(m) for m in request.messages],
+            "max_tokens": request.max_completion_tokens or request.max_tokens,
+            "tools": request.tools,
+            "tool_choice": request.tool_choice,
+            "response_format": native_format(request),
+        }
+    )
 
 
 def tool_call_out(call: ToolCall) -> ToolCallOut:

@@ -7,31 +7,15 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gateway.openai.sampling import SamplingRequest
 from sluice.contract import Usage
 
 
-class StreamOptions(msgspec.Struct):
-    include_usage: bool = False
-
-
-class CompletionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str
+class CompletionRequest(SamplingRequest, kw_only=True, forbid_unknown_fields=True):
     prompt: Annotated[str, Meta(min_length=1)] | Annotated[list[str], Meta(min_length=1, max_length=1)]
     #: OpenAI's default for this endpoint is 16 tokens.
     max_tokens: Annotated[int, Meta(ge=1)] = 16
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    seed: int | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    n: int | None = None
     best_of: int | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    top_k: Annotated[int, Meta(ge=1, le=50)] | None = None
-    repetition_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
     # Known fields Sluice cannot honour: anything but "off" is a 400 naming the field.
     echo: bool | None = None
     logprobs: int | None = None

@@ -45,6 +45,5 @@ class CompletionsController(Controller):
         if not payload.stream:
             return Response(await completion_json(handle, request.receive, payload.model))
         first, rest = await first_output(handle)
-        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        stream = completion_stream(handle, payload.model, first, rest, include_usage=include_usage)
+        stream = completion_stream(handle, payload.model, first, rest, include_usage=payload.include_usage)
         return Stream(stream, media_type="text/event-stream", headers=HEADERS)  # type: ignore[return-value]

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
-
-from gateway.openai.chat.translate import native_seed
 from gateway.openai.completions.protocol import CompletionChoice, CompletionRequest, TextCompletion
+from gateway.openai.sampling import native_input, refuse, sampling_fields
 from sluice.contract import GenerationInput, Usage
-from sluice.errors import bad_input
 
 
 def to_native(request: CompletionRequest) -> GenerationInput:
     """The legacy API sends its prompt verbatim: the native ``raw`` form, no chat template."""
-    field = request.unsupported()
-    if field is not None:
-        raise bad_input(f"{field}: not supported by this server", param=field)
-    fields: dict[str, Any] = {
-        "prompt": request.text,
-        "raw": True,
-        "stream": bool(request.stream),
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "top_k": request.top_k,
-        "seed": native_seed(request.seed),
-        "repetition_penalty": request.repetition_penalty,
-        "frequency_penalty": request.frequency_penalty,
-        "presence_penalty": request.presence_penalty,
-        "stop": [request.stop] if isinstance(request.stop, str) else request.stop,
-    }
-    try:
-        return msgspec.convert({k: v for k, v in fields.items() if v is not None}, GenerationInput)
-    except msgspec.ValidationError as exc:
-        raise bad_input(str(exc)) from None
+    refuse(request.unsupported())
+    return native_input(
+        {**sampling_fields(request), "prompt": request.text, "raw": True, "max_tokens": request.max_tokens}
+    )
 
 
 class CompletionWriter:
