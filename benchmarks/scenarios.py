@@ -19,6 +19,7 @@ from gateway.enqueue import JobQueue
 from sluice.config import ServedModel
 from sluice.contract import (
     EVENT_FIELD,
+    Done,
     GenerationInput,
     Job,
     Started,
@@ -51,7 +52,7 @@ async def in_process(engine: SyntheticEngine, max_tokens: int) -> Result:
         outputs = await generation.next_batch()
         if result.ttft != result.ttft:  # NaN: no output yet
             result.ttft = time.perf_counter() - start
-        if any(type(o).__name__ == "Done" for o in outputs):
+        if any(isinstance(o, Done) for o in outputs):
             result.e2e = time.perf_counter() - start
             result.tokens = max_tokens
             return result

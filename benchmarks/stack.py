@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from sluice.cli import wait_ready
 from sluice.config import DEFAULT_MODEL_NAME
 from sluice.redis_server import EmbeddedRedis, free_port
 
@@ -33,17 +31,8 @@ class Stack:
 
 
 def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in processes):
-            raise RuntimeError("a Sluice process exited during start-up; see benchmarks/results/*.log")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready in {timeout}s")
+    if not wait_ready(url, processes, timeout):
+        raise RuntimeError(f"Sluice not ready at {url} in {timeout:.0f}s; see benchmarks/results/logs/")
 
 
 @contextmanager

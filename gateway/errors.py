@@ -20,6 +20,7 @@ from litestar.exceptions import (
 )
 from litestar.openapi.datastructures import ResponseSpec
 
+from gateway.sse import frame
 from sluice.errors import (
     ErrorCode,
     SluiceError,
@@ -125,6 +126,11 @@ def invalid_body(exc: ValidationException) -> SluiceError:
             return bad_input(message)
         return bad_input(f"{key}: {message}", param=key)
     return bad_input(exc.detail)
+
+
+def openai_error_frame(error: SluiceError) -> bytes:
+    """An error that ends an OpenAI stream midway: OpenAI's error object as one more event."""
+    return frame(openai_body(error))
 
 
 def as_sluice_error(exc: Exception, content_type: str = "") -> SluiceError:

@@ -127,19 +127,20 @@ class GenerationHandle:
         assert self.done is not None
         return Completion("".join(text), self.done.finish_reason, self.done.usage, calls)
 
-    async def collect_while_connected(self, receive: Receive) -> Completion:
-        """:meth:`collect`, unless the client hangs up first: then the job is aborted at once
-        (by :meth:`close`, which every response calls) instead of running for nobody."""
+    async def answer(self, receive: Receive) -> Completion:
+        """The whole answer, for a non-streaming response; the handle is closed after. A client
+        that hangs up first aborts the job at once instead of leaving it running for nobody."""
         collecting = asyncio.ensure_future(self.collect())
         leaving = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            if not collecting.done():
+                raise client_gone()
+            return collecting.result()
         finally:
             leaving.cancel()
-        if not collecting.done():
             collecting.cancel()
-            raise client_gone()
-        return collecting.result()
+            self.close()
 
     def close(self) -> None:
         """Stop following; a job that has not ended is aborted so no engine works for nobody.

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -119,20 +118,17 @@ class _QueueGauges:
             self.oldest.labels(queue).set(max(0.0, now - first[0][1] / 1000) if first else 0.0)
 
 
-def exposition(redis: Redis, heartbeat_ttl: float) -> Callable[[], Awaitable[bytes]]:
+async def exposition(redis: Redis, heartbeat_ttl: float) -> bytes:
     """The ``/metrics`` body: this process's metrics (or all processes', in multiprocess mode)
     and the queue gauges."""
 
-    async def render() -> bytes:
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            own = generate_latest(registry)
-        else:
-            own = generate_latest()
-        return own + generate_latest(await _queue_gauges(redis, heartbeat_ttl))
-
-    return render
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        own = generate_latest(registry)
+    else:
+        own = generate_latest()
+    return own + generate_latest(await _queue_gauges(redis, heartbeat_ttl))
 
 
 def track_requests(app: ASGIApp) -> ASGIApp:
@@ -204,4 +200,4 @@ class MetricsController(Controller):
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
     async def metrics(self, redis: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> bytes:
-        return await exposition(redis, settings.heartbeat_ttl)()
+        return await exposition(redis, settings.heartbeat_ttl)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from gateway.generation import GenerationHandle, Output
+from gateway.sse import DONE
+from sluice.errors import SluiceError
 
 
 async def first_output(handle: GenerationHandle) -> tuple[Output | None, AsyncIterator[Output]]:
@@ -20,3 +22,18 @@ async def first_output(handle: GenerationHandle) -> tuple[Output | None, AsyncIt
         handle.close()
         raise
     return first, outputs
+
+
+async def event_stream(
+    handle: GenerationHandle, frames: AsyncIterator[bytes], error_frame: Callable[[SluiceError], bytes]
+) -> AsyncIterator[bytes]:
+    """An SSE body in either API: its frames, an error frame if the generation fails midway, then
+    ``[DONE]``. The handle is closed whatever happens, so a client that leaves aborts its job."""
+    try:
+        async for chunk in frames:
+            yield chunk
+    except SluiceError as error:
+        yield error_frame(error)
+    finally:
+        handle.close()
+    yield DONE

@@ -120,9 +120,14 @@ def run_worker(settings: Settings) -> None:
     uvloop.run(serve(settings))
 
 
-def _wait_ready(
-    url: str, children: Sequence[subprocess.Popen[bytes]], stopped: Callable[[], bool], timeout: float = 300
+def wait_ready(
+    url: str,
+    children: Sequence[subprocess.Popen[bytes]],
+    timeout: float = 300,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> bool:
+    """Whether the gateway at ``url`` answered ``/readyz`` with 200 before ``timeout`` seconds,
+    while none of ``children`` exited (and nobody asked to stop)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stopped() or any(child.poll() is not None for child in children):
@@ -131,9 +136,9 @@ def _wait_ready(
             with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
                 if response.status == 200:
                     return True
-        except OSError:
+        except OSError:  # not listening yet, or 503 until a worker is alive
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     return False
 
 
@@ -183,7 +188,7 @@ def run_up(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     url = f"http://{settings.host}:{settings.port}"
     try:
-        if _wait_ready(url, children, lambda: stop_requested):
+        if wait_ready(url, children, stopped=lambda: stop_requested):
             print(f"sluice up: ready at {url} (Ctrl-C stops gateway, worker and Redis)", file=sys.stderr)
         while not stop_requested and all(child.poll() is None for child in children):
             time.sleep(0.2)

@@ -6,15 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
+from sluice.cli import wait_ready
 from sluice.config import DEFAULT_MODELS, load_settings
 from sluice.redis_server import EmbeddedRedis, free_port
 from worker.engines.transformers_engine import TransformersEngine
@@ -36,18 +35,11 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 
 def wait_until_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client() as client:
-        while time.monotonic() < deadline:
-            for process in processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-            try:
-                if client.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    if wait_ready(url, processes, timeout):
+        return
+    for process in processes:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
     raise TimeoutError(f"{url} not ready within {timeout}s")
 
 

@@ -53,15 +53,13 @@ class ToolCallWatch:
 
     def __init__(self, tools: list[Function]) -> None:
         self._tools = tools
-        self._held: list[Delta] = []
+        self._text = ""  # held back so far, and its token count
+        self._tokens = 0
         self._deciding = bool(tools)
 
     def _release(self) -> list[Event]:
         self._deciding = False
-        if not self._held:
-            return []
-        text, tokens = "".join(d.text for d in self._held), sum(d.tokens for d in self._held)
-        return [Delta(text=text, tokens=tokens)]
+        return [Delta(text=self._text, tokens=self._tokens)] if self._tokens or self._text else []
 
     def filter(self, events: list[Event]) -> list[Event]:
         if not self._deciding:
@@ -71,12 +69,12 @@ class ToolCallWatch:
             if not self._deciding:
                 out.append(event)
             elif isinstance(event, Delta):
-                self._held.append(event)
-                if not may_be_tool_call("".join(d.text for d in self._held)):
+                self._text += event.text
+                self._tokens += event.tokens
+                if not may_be_tool_call(self._text):
                     out.extend(self._release())
             elif isinstance(event, Done):
-                text = "".join(d.text for d in self._held)
-                calls = parse_tool_calls(text, self._tools, new_tool_call_id)
+                calls = parse_tool_calls(self._text, self._tools, new_tool_call_id)
                 if calls:
                     self._deciding = False
                     out += [ToolCalls(calls), Done(finish_reason="tool_calls", usage=event.usage)]

@@ -11,7 +11,8 @@ from litestar.types import Receive
 from gateway.errors import CloudflareError, cloudflare_body
 from gateway.generation import Completion, GenerationHandle, Output
 from gateway.native.protocol import LegacyToolCall, RunEnvelope, RunRequest, RunResult, StreamFrame
-from gateway.sse import DONE, frame
+from gateway.sse import frame
+from gateway.streaming import event_stream
 from sluice.contract import Delta, JsonObject
 from sluice.errors import SluiceError, bad_input
 
@@ -46,10 +47,7 @@ def run_result(request: RunRequest, completion: Completion) -> RunResult:
 
 
 async def run_json(handle: GenerationHandle, receive: Receive, request: RunRequest) -> RunEnvelope:
-    try:
-        completion = await handle.collect_while_connected(receive)
-    finally:
-        handle.close()
+    completion = await handle.answer(receive)
     return RunEnvelope(result=run_result(request, completion))
 
 
@@ -63,18 +61,22 @@ def output_frame(output: Output) -> bytes:
     return frame(StreamFrame(response="", tool_calls=[LegacyToolCall.of(call) for call in output.calls]))
 
 
-async def run_stream(
+def error_frame(error: SluiceError) -> bytes:
+    return frame(ErrorFrame(response="", errors=cloudflare_body(error).errors))
+
+
+def run_stream(
     handle: GenerationHandle, first: Output | None, rest: AsyncIterator[Output]
 ) -> AsyncIterator[bytes]:
-    try:
-        if first is not None:
-            yield output_frame(first)
-            async for output in rest:
-                yield output_frame(output)
-        assert handle.done is not None
-        yield frame(StreamFrame(response="", usage=handle.done.usage))
-    except SluiceError as error:
-        yield frame(ErrorFrame(response="", errors=cloudflare_body(error).errors))
-    finally:
-        handle.close()
-    yield DONE
+    return event_stream(handle, _frames(handle, first, rest), error_frame)
+
+
+async def _frames(
+    handle: GenerationHandle, first: Output | None, rest: AsyncIterator[Output]
+) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield output_frame(first)
+        async for output in rest:
+            yield output_frame(output)
+    assert handle.done is not None
+    yield frame(StreamFrame(response="", usage=handle.done.usage))

@@ -7,20 +7,17 @@ from collections.abc import AsyncIterator
 
 from litestar.types import Receive
 
-from gateway.errors import openai_body
+from gateway.errors import openai_error_frame
 from gateway.generation import GenerationHandle, Output
 from gateway.openai.chat.protocol import ChatCompletion
 from gateway.openai.chat.translate import ChunkWriter, to_completion
-from gateway.sse import DONE, frame
+from gateway.sse import frame
+from gateway.streaming import event_stream
 from sluice.contract import Delta
-from sluice.errors import SluiceError
 
 
 async def chat_json(handle: GenerationHandle, receive: Receive, model: str) -> ChatCompletion:
-    try:
-        completion = await handle.collect_while_connected(receive)
-    finally:
-        handle.close()
+    completion = await handle.answer(receive)
     return to_completion(handle.id, int(time.time()), model, completion)
 
 
@@ -30,7 +27,19 @@ def output_chunk(chunks: ChunkWriter, output: Output | None, *, first: bool) -> 
     return frame(chunks.tool_calls(output.calls, role=first))
 
 
-async def chat_stream(
+def chat_stream(
+    handle: GenerationHandle,
+    model: str,
+    first: Output | None,
+    rest: AsyncIterator[Output],
+    *,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    frames = _chat_frames(handle, model, first, rest, include_usage=include_usage)
+    return event_stream(handle, frames, openai_error_frame)
+
+
+async def _chat_frames(
     handle: GenerationHandle,
     model: str,
     first: Output | None,
@@ -39,16 +48,10 @@ async def chat_stream(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     chunks = ChunkWriter(handle.id, int(time.time()), model)
-    try:
-        yield output_chunk(chunks, first, first=True)
-        async for output in rest:
-            yield output_chunk(chunks, output, first=False)
-        assert handle.done is not None
-        yield frame(chunks.finish(handle.done.finish_reason))
-        if include_usage:
-            yield frame(chunks.usage(handle.done.usage))
-    except SluiceError as error:
-        yield frame(openai_body(error))
-    finally:
-        handle.close()
-    yield DONE
+    yield output_chunk(chunks, first, first=True)
+    async for output in rest:
+        yield output_chunk(chunks, output, first=False)
+    assert handle.done is not None
+    yield frame(chunks.finish(handle.done.finish_reason))
+    if include_usage:
+        yield frame(chunks.usage(handle.done.usage))
