@@ -12,12 +12,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from pythonjsonlogger.json import JsonFormatter
 
-from sluice.config import Settings, describe, load_settings
+from sluice.config import EngineName, Settings, describe, load_settings
 from sluice.redis_server import EmbeddedRedis
 
 log = logging.getLogger("sluice")
@@ -60,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, help="port to listen on (env SLUICE_PORT, default 8080)")
 
     def worker(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--model", dest="worker_model", help="served name this worker runs")
+        sub.add_argument("--served-model-name", dest="worker_model", help="served name this worker runs")
+        engines = get_args(EngineName)
+        sub.add_argument("--engine", dest="worker_engine", choices=engines, help="engine to run it on")
+        sub.add_argument("--model", dest="model_path", help="weights: a folder, .gguf file or hub id")
         sub.add_argument("--concurrency", dest="worker_concurrency", type=int, help="jobs at once")
+        sub.add_argument("--sglang-url", help="an SGLang server already running (else one is started)")
 
     up = commands.add_parser("up", help="Redis (embedded unless REDIS_URL is set), a worker and the gateway")
     for add in (common, http, worker):
@@ -69,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="the HTTP gateway")
     common(gateway)
     http(gateway)
-    work = commands.add_parser("worker", help="a worker running one served model")
+    work = commands.add_parser(
+        "worker",
+        help="a worker running one served model",
+        epilog="Flags after `--` pass through to sglang.launch_server (engine sglang).",
+    )
     common(work)
     worker(work)
     status = commands.add_parser(
@@ -82,8 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, passthrough: list[str]) -> Settings:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "gateway_url")}
+    if passthrough:
+        flags["sglang_args"] = passthrough
     return load_settings(flags)
 
 
@@ -117,7 +127,7 @@ def run_worker(settings: Settings) -> None:
     if not settings.redis_url:
         sys.exit("sluice worker: set REDIS_URL or --redis-url (or use `sluice up`)")
     _banner("worker", settings)
-    uvloop.run(serve(settings))
+    sys.exit(uvloop.run(serve(settings)))
 
 
 def wait_ready(
@@ -204,8 +214,10 @@ def run_up(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = _settings(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = _parser().parse_args(argv[:split])
+    settings = _settings(args, argv[split + 1 :])
     _setup_logging(settings.log_level, settings.log_format)
     if args.command == "status":
         from sluice.status import show

@@ -7,6 +7,7 @@ settings once at start-up, with secrets masked (:func:`describe`).
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -64,8 +65,15 @@ class Settings(Struct, kw_only=True):
     models: tuple[ServedModel, ...] = DEFAULT_MODELS
     #: The served name a worker runs (default: the first of ``models``).
     worker_model: str | None = None
-    #: Jobs one worker runs at once; the CPU engine batches them into shared forward passes.
-    worker_concurrency: int = 16
+    #: Run the worker's served name on this engine instead of the configured one.
+    worker_engine: EngineName | None = None
+    #: ... and on these weights (a folder, a ``.gguf`` file or a hub id the engine knows).
+    model_path: str | None = None
+    #: Jobs one worker runs at once (default: the engine's, 16 on CPU, 256 on SGLang); the
+    #: engine batches them into shared forward passes.
+    worker_concurrency: int | None = None
+    #: Seconds in-flight jobs get to finish after SIGTERM before they are handed back.
+    shutdown_grace: float = 10.0
     #: arq's queue poll interval in seconds (arq's own default, 0.5 s, would dominate TTFT).
     poll_delay: float = 0.002
     #: Seconds a job may run before the worker gives up on it.
@@ -86,6 +94,16 @@ class Settings(Struct, kw_only=True):
     #: The ``synthetic`` load-test engine: tokens per second per stream, and seconds to the first.
     synthetic_tokens_per_second: float = 100.0
     synthetic_first_token_delay: float = 0.0
+    #: The ``sglang`` engine: an SGLang server already running (a sidecar), else one the worker
+    #: starts on ``sglang_port`` with ``sglang_args`` passed through to ``sglang.launch_server``.
+    sglang_url: str | None = None
+    sglang_port: int = 30000
+    sglang_args: tuple[str, ...] = ()
+    #: The tokenizer's folder or hub id (in the local cache), if not the one SGLang reports.
+    tokenizer: str | None = None
+    #: Seconds SGLang may take to load the model; seconds between its health checks.
+    sglang_ready_timeout: float = 1800.0
+    engine_probe_interval: float = 5.0
 
     def served(self, name: str) -> ServedModel:
         for model in self.models:
@@ -94,7 +112,10 @@ class Settings(Struct, kw_only=True):
         raise no_such_model(name)
 
     def worker_served(self) -> ServedModel:
-        return self.served(self.worker_model) if self.worker_model else self.models[0]
+        """The served model this worker runs, with ``worker_engine`` and ``model_path`` applied."""
+        served = self.served(self.worker_model) if self.worker_model else self.models[0]
+        engine = self.worker_engine or served.engine
+        return msgspec.structs.replace(served, engine=engine, model=self.model_path or served.model)
 
 
 _SECRET_KEYS = ("password", "secret", "token", "key")
@@ -108,7 +129,12 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(f"SLUICE_{field.name.upper()}")
         if raw is None:
             continue
-        values[field.name] = msgspec.json.decode(raw) if field.name == "models" else raw
+        if field.name == "models":
+            values[field.name] = msgspec.json.decode(raw)
+        elif field.name == "sglang_args":  # a JSON list, or flags as a shell would split them
+            values[field.name] = msgspec.json.decode(raw) if raw.startswith("[") else shlex.split(raw)
+        else:
+            values[field.name] = raw
     return values
 
 

@@ -6,17 +6,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import torch
 
 from sluice.cli import wait_ready
 from sluice.config import DEFAULT_MODELS, load_settings
 from sluice.redis_server import EmbeddedRedis, free_port
-from worker.engines.transformers_engine import TransformersEngine
+from worker.engines.transformers_engine import SMOLLM2_ID, TransformersEngine, resolve_weights
 
 MODEL = "@cf/meta/llama-3.1-8b-instruct"
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
@@ -118,3 +121,59 @@ async def engine() -> AsyncIterator[TransformersEngine]:
     await engine.start()
     yield engine
     await engine.close()
+
+
+# --- SGLang, through its test double -----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+#: Puts the double on ``python -m sglang.launch_server`` for a worker that starts SGLang itself.
+SGLANG_SHIM = REPO / "tests" / "sglang_double" / "shim"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The CPU model's folder: its tokenizer stands in for Llama's in the SGLang tests."""
+    return resolve_weights(SMOLLM2_ID, Path(load_settings().cache_dir))
+
+
+@dataclass
+class SGLangDouble:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def script(self, **reply: object) -> None:
+        """Queue the reply the next ``/generate`` streams (``tests/sglang_double/server.py``)."""
+        httpx.post(f"{self.url}/_script", json=reply).raise_for_status()
+
+    def log(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.url}/_log").json()
+        return result
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:  # not listening yet: a process offers nothing to await
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def start_double(model_dir: Path, *extra: str) -> SGLangDouble:
+    port = free_port()
+    command = [sys.executable, "-m", "tests.sglang_double.server", "--port", str(port)]
+    process = subprocess.Popen([*command, "--tokenizer", str(model_dir), *extra], cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/get_server_info", process)
+    return SGLangDouble(url, process)
+
+
+@pytest.fixture(scope="session")
+def sglang_double(model_dir: Path) -> Iterator[SGLangDouble]:
+    double = start_double(model_dir)
+    yield double
+    stop(double.process)

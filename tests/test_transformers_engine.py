@@ -12,6 +12,7 @@ from sluice.contract import Done, GenerationInput, JsonObject, Message
 from sluice.errors import ErrorCode, SluiceError
 from worker.engines.base import EngineRequest, Generation
 from worker.engines.transformers_engine import TransformersEngine
+from worker.prompt import prompt_ids
 
 PROMPTS = [
     "What is the capital of France?",
@@ -50,7 +51,7 @@ async def collect(generation: Generation) -> tuple[str, int, Done]:
 
 def reference(engine: TransformersEngine, request: GenerationInput) -> str:
     """The same model driven directly by transformers' own generate()."""
-    ids = engine.prompt_ids(as_request(request))
+    ids = prompt_ids(engine.tokenizer, as_request(request))
     with torch.inference_mode():
         out = engine.model.generate(torch.tensor([ids]), max_new_tokens=request.max_tokens, do_sample=False)
     text: str = engine.tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True)
@@ -101,8 +102,8 @@ async def test_max_tokens_and_stop_strings(engine: TransformersEngine) -> None:
 
 
 async def test_raw_prompt_skips_the_chat_template(engine: TransformersEngine) -> None:
-    templated = engine.prompt_ids(as_request(GenerationInput(prompt="Hello")))
-    raw = engine.prompt_ids(as_request(GenerationInput(prompt="Hello", raw=True)))
+    templated = prompt_ids(engine.tokenizer, as_request(GenerationInput(prompt="Hello")))
+    raw = prompt_ids(engine.tokenizer, as_request(GenerationInput(prompt="Hello", raw=True)))
     assert raw == engine.tokenizer.encode("Hello", add_special_tokens=False)
     assert len(templated) > len(raw)
 

@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import Awaitable
 
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -29,22 +30,20 @@ from sluice.contract import (
 )
 from sluice.registry import deregister, heartbeat
 from worker.engines import create_engine
+from worker.engines.base import Engine, EngineFailed
 from worker.job import JobDeps, generate
 from worker.metrics import serve_metrics
 from worker.publish import EventPublisher
 
 log = logging.getLogger("sluice.worker")
 
-#: Seconds in-flight jobs get to finish after SIGTERM/SIGINT before they are handed back to the queue.
-SHUTDOWN_GRACE = 10.0
 
-
-def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis) -> Worker:
+def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, concurrency: int) -> Worker:
     return Worker(
         functions=[func(generate, name=GENERATE, timeout=settings.job_timeout)],
         queue_name=queue,
         redis_pool=pool,
-        max_jobs=settings.worker_concurrency,
+        max_jobs=concurrency,
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,
         keep_result=0,
@@ -56,14 +55,47 @@ def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis) 
     )
 
 
-async def serve(settings: Settings) -> None:
-    served = settings.worker_served()
-    queue = queue_key(served.name)
-    engine = create_engine(served, settings)
-    started = time.monotonic()
-    await engine.start()
-    log.info("engine %s ready with %s in %.1fs", engine.name, served.model, time.monotonic() - started)
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``work``; ``False`` if ``stop`` was set first (``work`` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if task.done():
+        task.result()  # raises what the work raised
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
+
+async def serve(settings: Settings) -> int:
+    """Run a worker until SIGTERM/SIGINT (exit status 0) or until its engine fails (1)."""
+    served = settings.worker_served()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the engine loads: it may take minutes
+        loop.add_signal_handler(sig, stop.set)
+    engine = create_engine(served, settings, settings.worker_concurrency)
+    try:
+        started = time.monotonic()
+        if not await _unless_stopped(engine.start(), stop):
+            log.info("stopped while %s was loading", served.model)
+            return 0
+        log.info("engine %s ready with %s in %.1fs", engine.name, served.model, time.monotonic() - started)
+        return await _take_jobs(settings, engine, stop)
+    except EngineFailed as exc:
+        log.error("engine %s failed: %s", engine.name, exc)
+        return 1
+    finally:
+        await engine.close()
+
+
+async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) -> int:
+    served = engine.served
+    queue = queue_key(served.name)
+    concurrency = settings.worker_concurrency or engine.default_concurrency
     assert settings.redis_url is not None
     pool = await create_pool(
         RedisSettings.from_dsn(settings.redis_url),
@@ -76,39 +108,38 @@ async def serve(settings: Settings) -> None:
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
     deps = JobDeps(engine=engine, worker_id=worker_id, publisher=EventPublisher(pool, settings.stream_ttl))
-    worker = build_worker(settings, deps, queue, pool)
+    worker = build_worker(settings, deps, queue, pool, concurrency)
     info = WorkerInfo(
         id=worker_id,
         model=served.name,
         engine=engine.name,
         queue=queue,
-        slots=settings.worker_concurrency,
+        slots=concurrency,
         started_at=time.time(),
     )
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
     serve_metrics(settings.host, settings.worker_metrics_port)
     beating = asyncio.create_task(heartbeat(pool, info, settings.heartbeat_ttl))
     running = asyncio.create_task(worker.async_run())
-    log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, info.slots)
+    log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, concurrency)
     stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    failing = asyncio.create_task(engine.until_failed())
+    await asyncio.wait({running, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    if failing.done():
+        log.error("worker %s stops taking jobs: its engine failed: %s", worker_id, failing.result())
 
     # Stop taking jobs, let in-flight ones finish, then hand back what is left (arq re-queues it).
     worker.allow_pick_jobs = False
+    await deregister(pool, worker_id)
     in_flight = [t for t in worker.tasks.values() if not t.done()]
     if in_flight:
-        log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), SHUTDOWN_GRACE)
-        await asyncio.wait(in_flight, timeout=SHUTDOWN_GRACE)
+        log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
+        await asyncio.wait(in_flight, timeout=settings.shutdown_grace)
     beating.cancel()
     stopping.cancel()
-    await deregister(pool, worker_id)
+    failing.cancel()
     await worker.close()  # cancels what is left and closes the pool
     with contextlib.suppress(asyncio.CancelledError):
         await running
-    await engine.close()
     log.info("worker %s stopped", worker_id)
+    return 1 if failing.done() and not failing.cancelled() else 0

@@ -7,6 +7,8 @@ tool call needs. Every engine then only renders, samples and constrains.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sluice.contract import GenerationInput, JsonObject, Message
 from sluice.errors import bad_input
 from worker.engines.base import EngineRequest
@@ -34,3 +36,15 @@ def prepare(request: GenerationInput) -> EngineRequest:
     conversation = request.messages or [Message(role="user", content=request.prompt)]
     messages = to_chat(conversation, request.tools_offered)
     return EngineRequest(request, messages=messages, json_schema=constraint(request))
+
+
+def prompt_ids(tokenizer: Any, request: EngineRequest) -> list[int]:
+    """The token ids the model reads: its own chat template over the messages (with the
+    generation prompt), or the raw prompt as is. ``tokenizer`` is a transformers tokenizer."""
+    if request.messages is None:
+        ids: list[int] = tokenizer.encode(request.input.prompt or "", add_special_tokens=False)
+        return ids
+    encoded = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+    # transformers 5 returns a BatchEncoding here, earlier versions a plain list.
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+    return list(ids)

@@ -6,8 +6,9 @@ from sluice.config import ServedModel, Settings
 from worker.engines.base import Engine
 
 
-def create_engine(served: ServedModel, settings: Settings) -> Engine:
-    """Import only the engine asked for: a CPU worker never imports SGLang, nor the reverse."""
+def create_engine(served: ServedModel, settings: Settings, concurrency: int | None = None) -> Engine:
+    """Import only the engine asked for: a CPU worker never imports torch for SGLang's sake, nor
+    the reverse. ``concurrency``: the jobs that will run at once (the engine sizes for it)."""
     if served.engine == "transformers":
         from worker.engines.transformers_engine import TransformersEngine
 
@@ -17,4 +18,18 @@ def create_engine(served: ServedModel, settings: Settings) -> Engine:
 
         rate, delay = settings.synthetic_tokens_per_second, settings.synthetic_first_token_delay
         return SyntheticEngine(served, tokens_per_second=rate, first_token_delay=delay)
+    if served.engine == "sglang":
+        from worker.engines.sglang import SGLangEngine
+        from worker.engines.sglang.engine import SGLangOptions
+
+        options = SGLangOptions(
+            url=settings.sglang_url,
+            port=settings.sglang_port,
+            server_args=settings.sglang_args,
+            tokenizer=settings.tokenizer,
+            ready_timeout=settings.sglang_ready_timeout,
+            probe_interval=settings.engine_probe_interval,
+        )
+        streams = concurrency or SGLangEngine.default_concurrency
+        return SGLangEngine(served, options, max_streams=streams)
     raise ValueError(f"engine {served.engine!r} is not available in this build")

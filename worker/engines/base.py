@@ -14,6 +14,10 @@ from sluice.errors import SluiceError
 Output = Delta | Done | SluiceError
 
 
+class EngineFailed(Exception):
+    """The engine cannot serve any more (or never could): the worker stops taking jobs."""
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """One request as an engine runs it, whatever API the client spoke.
@@ -56,8 +60,17 @@ class Engine(Protocol):
 
     name: str
     served: ServedModel
+    #: Jobs one worker runs at once unless configured: what keeps this engine's batch full.
+    default_concurrency: int
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Load the model (or reach the server that has it); :class:`EngineFailed` if impossible."""
+        ...
+
+    async def until_failed(self) -> str:
+        """Return only when the engine can no longer serve, with the reason (an engine that
+        runs in-process fails with its worker, and never returns)."""
+        ...
 
     def tokenizer_json(self) -> str | None:
         """The model's tokenizer as ``tokenizer.json`` text, published for the gateway's token

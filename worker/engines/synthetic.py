@@ -26,6 +26,7 @@ def prompt_tokens(request: EngineRequest) -> int:
 
 class SyntheticEngine:
     name = "synthetic"
+    default_concurrency = 16
 
     def __init__(self, served: ServedModel, *, tokens_per_second: float, first_token_delay: float) -> None:
         self.served = served
@@ -35,6 +36,10 @@ class SyntheticEngine:
 
     async def start(self) -> None:
         return None
+
+    async def until_failed(self) -> str:
+        never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        return await never
 
     def tokenizer_json(self) -> str | None:
         return None

@@ -50,6 +50,7 @@ from sluice.errors import ErrorCode, SluiceError, check_context_window, internal
 from worker.engines.base import EngineRequest, Generation, Output
 from worker.engines.detokenize import IncrementalDetokenizer
 from worker.engines.grammar import Constraint, GrammarCompiler
+from worker.prompt import prompt_ids
 
 log = logging.getLogger("sluice.worker.engine")
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -256,6 +257,7 @@ class _Batch:
 
 class TransformersEngine:
     name = "transformers"
+    default_concurrency = 16
 
     def __init__(self, served: ServedModel, cache_dir: str, dtype: torch.dtype = DTYPE) -> None:
         self.served = served
@@ -294,6 +296,10 @@ class TransformersEngine:
         self._pending.put(row)
         return generation
 
+    async def until_failed(self) -> str:
+        never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        return await never  # in-process: it fails with the worker
+
     def tokenizer_json(self) -> str | None:
         text: str = self.tokenizer.backend_tokenizer.to_str()
         return text
@@ -305,16 +311,6 @@ class TransformersEngine:
             await asyncio.to_thread(self._thread.join)
 
     # --- the engine thread ---
-
-    def prompt_ids(self, request: EngineRequest) -> list[int]:
-        if request.messages is None:
-            ids: list[int] = self.tokenizer.encode(request.input.prompt or "", add_special_tokens=False)
-            return ids
-        encoded = self.tokenizer.apply_chat_template(
-            request.messages, add_generation_prompt=True, tokenize=True
-        )
-        ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
-        return list(ids)
 
     def _run(self) -> None:
         batch = _Batch()
@@ -354,7 +350,7 @@ class TransformersEngine:
 
     def _prefill(self, batch: _Batch, row: _Row) -> None:
         request = row.request.input
-        row.prompt = self.prompt_ids(row.request)
+        row.prompt = prompt_ids(self.tokenizer, row.request)
         check_context_window(len(row.prompt), request.max_tokens, self.max_positions)
         row.max_new = request.max_tokens
         row.sampler = Sampler(request)

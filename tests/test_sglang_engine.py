@@ -1,0 +1,244 @@
+"""The SGLang engine against a server speaking SGLang's documented wire format (no GPU here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer
+
+from sluice.config import ServedModel
+from sluice.contract import Delta, Done, GenerationInput, Message, ResponseFormat
+from sluice.errors import ErrorCode, SluiceError
+from tests.conftest import SGLangDouble, start_double, stop
+from worker.engines.base import EngineFailed, Output
+from worker.engines.sglang import SGLangEngine
+from worker.engines.sglang.engine import SGLangOptions
+from worker.prompt import prepare, prompt_ids
+
+SERVED = ServedModel(name="@cf/meta/llama-3.1-8b-instruct", engine="sglang", model="served-by-the-double")
+STORY = "Once upon a time, a small fox found a lantern that glowed whenever someone told the truth."
+
+
+def engine_for(url: str, **options: Any) -> SGLangEngine:
+    return SGLangEngine(SERVED, SGLangOptions(url=url, probe_interval=0.1, **options), max_streams=32)
+
+
+@pytest.fixture(scope="module")
+async def sglang(sglang_double: SGLangDouble) -> AsyncIterator[SGLangEngine]:
+    engine = engine_for(sglang_double.url)
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+async def outputs(engine: SGLangEngine, rid: str, given: GenerationInput) -> list[Output]:
+    generation = engine.submit(rid, prepare(given))
+    seen: list[Output] = []
+    while not seen or isinstance(seen[-1], Delta):
+        seen += await asyncio.wait_for(generation.next_batch(), 30)
+    return seen
+
+
+def text_of(seen: list[Output]) -> str:
+    return "".join(o.text for o in seen if isinstance(o, Delta))
+
+
+def sent(double: SGLangDouble, rid: str) -> dict[str, Any]:
+    body: dict[str, Any] = next(r for r in double.log()["requests"] if r["rid"] == rid)
+    return body
+
+
+async def test_text_streams_as_deltas_that_join_to_the_answer(
+    sglang: SGLangEngine, sglang_double: SGLangDouble, model_dir: Path
+) -> None:
+    sglang_double.script(text=STORY)
+    seen = await outputs(sglang, "job-1:1", GenerationInput(prompt="Tell me a story"))
+    deltas = [o for o in seen if isinstance(o, Delta)]
+    assert len(deltas) > 5, "one delta per SGLang frame, not the whole answer at the end"
+    assert text_of(seen) == STORY
+    done = seen[-1]
+    assert isinstance(done, Done)
+    assert done.finish_reason == "stop"
+    story_tokens = len(Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(STORY).ids)
+    assert done.usage.completion_tokens == story_tokens == sum(d.tokens for d in deltas)
+    assert done.usage.prompt_tokens == len(sent(sglang_double, "job-1:1")["input_ids"])
+
+
+async def test_the_prompt_is_token_ids_from_the_models_own_chat_template(
+    sglang: SGLangEngine, sglang_double: SGLangDouble, model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    given = GenerationInput(messages=[Message("system", "Be brief."), Message("user", "Hi there")])
+    await outputs(sglang, "job-2:1", given)
+    body = sent(sglang_double, "job-2:1")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert body["input_ids"] == prompt_ids(tokenizer, prepare(given))
+    rendered = str(tokenizer.decode(body["input_ids"]))
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in rendered
+    assert rendered.endswith("<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n")
+    assert body["stream"] is True
+
+
+async def test_sampling_parameters_and_the_adapter_reach_sglang_as_mapped(
+    sglang: SGLangEngine, sglang_double: SGLangDouble
+) -> None:
+    given = GenerationInput(
+        prompt="Hi",
+        max_tokens=50,
+        temperature=0.3,
+        top_p=0.9,
+        top_k=40,
+        seed=7,
+        repetition_penalty=1.1,
+        frequency_penalty=0.5,
+        presence_penalty=0.25,
+        stop=["\n\n"],
+        lora="my-adapter",
+    )
+    await outputs(sglang, "job-3:2", given)
+    body = sent(sglang_double, "job-3:2")
+    assert body["lora_path"] == "my-adapter"
+    assert body["sampling_params"] == {
+        "max_new_tokens": 50,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "top_k": 40,
+        "sampling_seed": 7,
+        "repetition_penalty": 1.1,
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.25,
+        "stop": ["\n\n"],
+    }
+
+
+async def test_json_mode_sends_the_schema(sglang: SGLangEngine, sglang_double: SGLangDouble) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    given = GenerationInput(prompt="Where?", response_format=ResponseFormat("json_schema", schema))
+    sglang_double.script(text='{"city": "Paris"}')
+    seen = await outputs(sglang, "job-4:1", given)
+    assert text_of(seen) == '{"city": "Paris"}'
+    assert json.loads(sent(sglang_double, "job-4:1")["sampling_params"]["json_schema"]) == schema
+
+
+async def test_max_tokens_ends_the_answer_with_length(
+    sglang: SGLangEngine, sglang_double: SGLangDouble
+) -> None:
+    sglang_double.script(text=STORY)
+    seen = await outputs(sglang, "job-5:1", GenerationInput(prompt="Story", max_tokens=3))
+    done = seen[-1]
+    assert isinstance(done, Done)
+    assert (done.finish_reason, done.usage.completion_tokens) == ("length", 3)
+    assert STORY.startswith(text_of(seen))
+    assert 0 < len(text_of(seen)) < 20
+
+
+async def test_a_stop_string_split_across_tokens_is_never_sent(
+    sglang: SGLangEngine, sglang_double: SGLangDouble
+) -> None:
+    sglang_double.script(text="one two three STOPWORD four five")
+    seen = await outputs(sglang, "job-6:1", GenerationInput(prompt="Count", stop=["STOPWORD"]))
+    assert text_of(seen) == "one two three "
+    assert not any("STOP" in o.text for o in seen if isinstance(o, Delta))
+    assert isinstance(seen[-1], Done)
+    assert seen[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "code"),
+    [
+        ({"then": "abort", "after": 2, "message": "KV cache full"}, 503, ErrorCode.ABORTED),
+        (
+            {"then": "abort", "after": 0, "message": "input too long", "status_code": 400},
+            400,
+            ErrorCode.BAD_INPUT,
+        ),
+        ({"then": "error", "after": 0, "message": "Duplicate request ID detected"}, 400, ErrorCode.BAD_INPUT),
+    ],
+)
+async def test_sglang_ending_a_request_itself_is_a_clear_error(
+    sglang: SGLangEngine, sglang_double: SGLangDouble, script: dict[str, Any], status: int, code: ErrorCode
+) -> None:
+    sglang_double.script(text=STORY, **script)
+    seen = await outputs(sglang, f"job-7-{status}-{script['then']}:1", GenerationInput(prompt="Story"))
+    error = seen[-1]
+    assert isinstance(error, SluiceError)
+    assert (error.status, error.code) == (status, code)
+    assert script["message"] in error.message
+    assert error.retryable == (status >= 500)
+
+
+async def test_a_prompt_over_the_context_window_never_reaches_sglang(
+    sglang: SGLangEngine, sglang_double: SGLangDouble
+) -> None:
+    seen = await outputs(sglang, "job-8:1", GenerationInput(prompt="Hi", max_tokens=SERVED.context_window))
+    error = seen[-1]
+    assert isinstance(error, SluiceError)
+    assert (error.status, error.code) == (413, ErrorCode.CONTEXT_WINDOW)
+    assert not any(r["rid"] == "job-8:1" for r in sglang_double.log()["requests"])
+
+
+async def test_cancelling_aborts_the_request_in_sglang_at_once(
+    sglang: SGLangEngine, sglang_double: SGLangDouble
+) -> None:
+    sglang_double.script(text=STORY * 20, interval=0.05)
+    generation = sglang.submit("job-9:1", prepare(GenerationInput(prompt="Long story")))
+    first = await asyncio.wait_for(generation.next_batch(), 10)
+    assert isinstance(first[0], Delta)
+    generation.cancel()
+    deadline = time.monotonic() + 10
+    while "job-9:1" not in sglang_double.log()["abort_requests"]:
+        assert time.monotonic() < deadline, "SGLang was never told to abort"
+        await asyncio.sleep(0.02)
+    while "job-9:1" not in sglang_double.log()["disconnected"]:
+        assert time.monotonic() < deadline, "the stream was left open"
+        await asyncio.sleep(0.02)
+
+
+async def test_lora_adapters_load_and_unload(sglang: SGLangEngine, tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
+    loaded = await sglang.client.load_lora_adapter("support-bot", str(tmp_path))
+    assert loaded.success
+    assert "support-bot" in (loaded.loaded_adapters or {})
+    missing = await sglang.client.load_lora_adapter("ghost", str(tmp_path / "nowhere"))
+    assert not missing.success
+    assert "adapter_config.json" in (missing.error_message or "")
+    unloaded = await sglang.client.unload_lora_adapter("support-bot")
+    assert unloaded.success
+    assert "support-bot" not in (unloaded.loaded_adapters or {})
+
+
+async def test_sglang_going_away_mid_stream_is_an_error_and_fails_the_engine(model_dir: Path) -> None:
+    double = start_double(model_dir)
+    engine = engine_for(double.url)
+    try:
+        await engine.start()
+        double.script(text=STORY, interval=0.01, then="die", after=5)
+        seen = await outputs(engine, "job-10:1", GenerationInput(prompt="Story"))
+        assert len([o for o in seen if isinstance(o, Delta)]) >= 1
+        error = seen[-1]
+        assert isinstance(error, SluiceError)
+        assert (error.status, error.retryable) == (503, True)
+        assert "unavailable" in error.message
+        reason = await asyncio.wait_for(engine.until_failed(), 10)
+        assert "health checks" in reason
+    finally:
+        await engine.close()
+        stop(double.process)
+
+
+async def test_start_waits_for_sglang_to_be_ready(model_dir: Path) -> None:
+    double = start_double(model_dir, "--unready-for", "60")
+    engine = engine_for(double.url, ready_timeout=0.5)
+    try:
+        with pytest.raises(EngineFailed, match="not ready within"):
+            await engine.start()
+    finally:
+        await engine.close()
+        stop(double.process)
