@@ -36,11 +36,13 @@ def _setup_logging(level: str, form: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # httpx logs every request at INFO: the SGLang engine's health checks would flood the log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _banner(role: str, settings: Settings) -> None:
     print(f"sluice {role}: settings {json.dumps(describe(settings), sort_keys=True)}", file=sys.stderr)
-    for served in settings.models:
+    for served in [settings.worker_served()] if role == "worker" else settings.models:
         line = f"sluice {role}: serving {served.name!r} with {served.engine} running {served.model}"
         print(line, file=sys.stderr)
         if served.description:

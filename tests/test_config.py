@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sluice.config import DEFAULT_MODEL_NAME, describe, load_settings
+from sluice.config import DEFAULT_MODEL_NAME, Settings, describe, load_settings
 from sluice.errors import ErrorCode, SluiceError
 
 
@@ -38,3 +38,49 @@ def test_redis_password_is_masked_in_the_banner() -> None:
     shown = json.dumps(describe(settings))
     assert "hunter2" not in shown
     assert "redis://user:****@redis.internal:6379/0" in shown
+
+
+def test_a_worker_runs_its_served_name_on_the_engine_and_weights_it_is_given() -> None:
+    env = {"SLUICE_WORKER_ENGINE": "sglang", "SLUICE_MODEL_PATH": "meta-llama/Llama-3.1-8B-Instruct"}
+    served = load_settings(environ=env).worker_served()
+    assert (served.name, served.engine, served.model) == (
+        DEFAULT_MODEL_NAME,
+        "sglang",
+        "meta-llama/Llama-3.1-8B-Instruct",
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '--tp-size 2 --chat-template "my template.jinja"',
+        '["--tp-size", "2", "--chat-template", "my template.jinja"]',
+    ],
+)
+def test_sglang_flags_come_from_a_shell_line_or_a_json_list(raw: str) -> None:
+    settings = load_settings(environ={"SLUICE_SGLANG_ARGS": raw})
+    assert settings.sglang_args == ("--tp-size", "2", "--chat-template", "my template.jinja")
+
+
+def test_flags_after_a_double_dash_pass_through_to_sglang(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluice import cli
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(cli, "run_worker", seen.append)
+    argv = [
+        "worker",
+        "--engine",
+        "sglang",
+        "--model",
+        "/models/llama",
+        "--",
+        "--enable-lora",
+        "--tp-size",
+        "2",
+    ]
+    assert cli.main(argv) == 0
+    (settings,) = seen
+    assert settings.sglang_args == ("--enable-lora", "--tp-size", "2")
+    assert settings.worker_served().model == "/models/llama"
+    with pytest.raises(SystemExit):
+        cli.main(["worker", "--engine", "vllm"])
