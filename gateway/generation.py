@@ -38,6 +38,7 @@ from sluice.errors import (
     capacity_exceeded,
     check_context_window,
     client_gone,
+    interrupted,
 )
 
 log = logging.getLogger("sluice.gateway")
@@ -84,7 +85,9 @@ class GenerationHandle:
     def id(self) -> str:
         return self.job.id
 
-    async def outputs(self) -> AsyncIterator[Output]:
+    async def _events(self) -> AsyncIterator[Output | Started]:
+        """Outputs as they come, and a :class:`Started` whenever the job starts over on another
+        attempt (its worker stopped and handed it back); raises on failure and timeout."""
         deadline = asyncio.get_running_loop().time() + self._timeout
         while True:
             try:
@@ -108,22 +111,39 @@ class GenerationHandle:
                     return
                 elif isinstance(event, Failed):
                     raise error_from(event)
-                elif isinstance(event, Started):
-                    if event.attempt == 1:
-                        metrics.QUEUE_WAIT.labels(self.job.model).observe(
-                            max(0.0, event.at - self.job.enqueued_at)
-                        )
-                    else:
-                        log.info("job %s restarted (attempt %d)", self.id, event.attempt)
+                elif event.attempt == 1:
+                    metrics.QUEUE_WAIT.labels(self.job.model).observe(
+                        max(0.0, event.at - self.job.enqueued_at)
+                    )
+                else:
+                    log.info("job %s restarted (attempt %d)", self.id, event.attempt)
+                    yield event
+
+    async def outputs(self) -> AsyncIterator[Output]:
+        """The answer as it is generated. A job that starts over after part of its answer went
+        out ends in an error instead: the client would otherwise see the answer twice."""
+        sent = False
+        async for event in self._events():
+            if isinstance(event, Started):
+                if sent:
+                    metrics.ABORTS.labels("worker_lost").inc()
+                    raise interrupted()
+                continue
+            sent = True
+            yield event
 
     async def collect(self) -> Completion:
+        """The whole answer; a job that starts over replaces what its first attempt had said."""
         text: list[str] = []
         calls: list[ToolCall] = []
-        async for output in self.outputs():
-            if isinstance(output, Delta):
-                text.append(output.text)
+        async for event in self._events():
+            if isinstance(event, Started):
+                text.clear()
+                calls.clear()
+            elif isinstance(event, Delta):
+                text.append(event.text)
             else:
-                calls.extend(output.calls)
+                calls.extend(event.calls)
         assert self.done is not None
         return Completion("".join(text), self.done.finish_reason, self.done.usage, calls)
 

@@ -78,6 +78,17 @@ def client_gone() -> SluiceError:
     return SluiceError(ErrorCode.ABORTED, 408, "Request aborted: the client closed the connection")
 
 
+def interrupted() -> SluiceError:
+    """A stream's worker stopped after part of the answer was sent; the job's next attempt
+    would start the answer over, so the client is told to retry instead."""
+    return SluiceError(
+        ErrorCode.INTERNAL,
+        503,
+        "The worker generating this answer stopped before it finished; please retry the request.",
+        retryable=True,
+    )
+
+
 def capacity_exceeded() -> SluiceError:
     """``options.rejectIfBusy`` with every worker busy: Workers AI's exact answer."""
     return SluiceError(

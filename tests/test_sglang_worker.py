@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.conftest import (
     SGLangDouble,
     Stack,
     run_stack,
+    start,
     start_double,
     stop,
     wait_for_http,
@@ -185,3 +187,95 @@ def test_a_worker_whose_sglang_dies_stops_taking_jobs_and_says_why(own_sglang: O
     assert "the SGLang server exited with status -9" in log
     assert "stops taking jobs" in log
     assert not redis.Redis.from_url(own_sglang.redis_url).zcard(WORKERS_KEY), "still advertised as alive"
+
+
+# --- SIGTERM: finish in-flight answers, or hand them back and have them answered once -------------
+
+
+@dataclass
+class Fleet:
+    """A gateway and the workers behind it, on their own Redis database."""
+
+    url: str
+    env: dict[str, str]
+    logs: Path
+    redis_url: str
+    gateway: subprocess.Popen[bytes]
+
+    @property
+    def native_url(self) -> str:
+        return f"{self.url}/client/v4/accounts/acct/ai/run/{MODEL}"
+
+    def worker(self, name: str, **settings: str) -> subprocess.Popen[bytes]:
+        base = {"worker_engine": "sglang", "sglang_url": self.env["SLUICE_SGLANG_URL"]}
+        worker = start_worker(self.redis_url, self.logs / f"{name}.log", **base, **settings)
+        wait_registered(self.redis_url, worker)
+        return worker
+
+
+@pytest.fixture
+def fleet(redis_server: EmbeddedRedis, double: SGLangDouble, tmp_path: Path) -> Iterator[Fleet]:
+    redis_url = redis_server.url.rsplit("/", 1)[0] + "/4"
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_PORT": str(port), "SLUICE_SGLANG_URL": double.url}
+    gateway = start("gateway", env, tmp_path / "gateway.log")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", gateway)
+        yield Fleet(f"http://127.0.0.1:{port}", env, tmp_path, redis_url, gateway)
+    finally:
+        stop(gateway)
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+def data_frames(response: httpx.Response) -> Iterator[str]:
+    """The stream's ``data:`` payloads."""
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield line.removeprefix("data: ")
+
+
+def test_sigterm_lets_the_answers_in_flight_finish(fleet: Fleet, double: SGLangDouble) -> None:
+    worker = fleet.worker("a", shutdown_grace="30")
+    double.script(text=STORY * 3, interval=0.02)
+    body = {"prompt": "A story", "stream": True, "max_tokens": 500}
+    with httpx.Client(timeout=30) as http, http.stream("POST", fleet.native_url, json=body) as response:
+        frames = data_frames(response)
+        texts = [json.loads(next(frames))["response"]]
+        worker.send_signal(signal.SIGTERM)  # mid-answer
+        texts += [json.loads(f).get("response", "") for f in frames if f != "[DONE]"]
+    assert "".join(texts) == STORY * 3
+    assert worker.wait(30) == 0
+
+
+def test_answers_handed_back_at_sigterm_are_answered_once(fleet: Fleet, double: SGLangDouble) -> None:
+    first = fleet.worker("a", shutdown_grace="0.2")
+    for _ in range(2):  # what the stopping worker starts on: long answers it cannot finish
+        double.script(text=STORY * 40, interval=0.05)
+    for _ in range(2):  # what the next attempt says
+        double.script(text=STORY)
+    with httpx.Client(timeout=60) as http:
+        whole = ThreadPoolExecutor(1).submit(http.post, fleet.native_url, json={"prompt": "A story"})
+        body = {"prompt": "A story", "stream": True, "max_tokens": 2000}
+        with http.stream("POST", fleet.native_url, json=body) as response:
+            frames = data_frames(response)
+            assert json.loads(next(frames))["response"]
+            deadline = time.monotonic() + 15
+            while len(double.log()["requests"]) < 2:  # both jobs are running on the first worker
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(30) == 0
+            second = fleet.worker("b")
+            try:
+                rest = list(frames)
+                answer = whole.result(60)
+            finally:
+                stop(second)
+    # The stream had shown part of the first attempt: it ends in a clear error, not a re-run.
+    payloads = [json.loads(frame) for frame in rest if frame != "[DONE]"]
+    (error,) = payloads[-1]["errors"]
+    assert "retry" in error["message"]
+    assert STORY not in "".join(p.get("response", "") for p in payloads)
+    # The whole answer is the second attempt's, once.
+    assert answer.status_code == 200
+    assert answer.json()["result"]["response"] == STORY
