@@ -36,7 +36,9 @@ def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: flo
 
 
 @contextmanager
-def running(logs: Path, *, workers: int = 1, synthetic: bool = True, **settings: str) -> Iterator[Stack]:
+def running(
+    logs: Path, *, workers: int = 1, synthetic: bool = True, ready_timeout: float = 180, **settings: str
+) -> Iterator[Stack]:
     """One gateway process and ``workers`` worker processes; the synthetic engine by default."""
     logs.mkdir(parents=True, exist_ok=True)
     with EmbeddedRedis() as redis:
@@ -54,7 +56,7 @@ def running(logs: Path, *, workers: int = 1, synthetic: bool = True, **settings:
                         command = [sys.executable, "-m", "sluice", role]
                         processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=out))
             url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, processes)
+            _wait_ready(url, processes, ready_timeout)
             yield Stack(url=url, redis_url=redis.url, gateway_pid=processes[0].pid)
         finally:
             for process in processes:

@@ -93,7 +93,13 @@ def run_stack(redis_url: str, logs: Path, **settings: str) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Gateway and a worker running the real CPU model."""
+    """Gateway and a worker running the real CPU model; or, with ``SLUICE_TEST_URL`` (and
+    ``SLUICE_TEST_REDIS_URL``), a deployment already running (``benchmarks/sglang_smoke.py``)."""
+    if url := os.environ.get("SLUICE_TEST_URL"):
+        yield Stack(
+            url=url, redis_url=os.environ["SLUICE_TEST_REDIS_URL"], logs=tmp_path_factory.mktemp("logs")
+        )
+        return
     yield from run_stack(redis_server.url, tmp_path_factory.mktemp("logs"))
 
 

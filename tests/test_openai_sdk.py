@@ -8,6 +8,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from sluice.config import load_settings
 from tests.conftest import MODEL, Stack
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
@@ -110,8 +111,8 @@ def test_models_list_names_the_served_model_and_what_serves_it(client: openai.Op
     models = client.models.list().data
     assert [m.id for m in models] == [MODEL]
     served_by = models[0].model_extra["served_by"]  # type: ignore[index]
-    assert served_by["engine"] == "transformers"
-    assert "SmolLM2" in served_by["model"]
+    served = load_settings().served(MODEL)  # as configured for this deployment
+    assert (served_by["engine"], served_by["model"]) == (served.engine, served.model)
     assert client.models.retrieve(MODEL).id == MODEL
 
 

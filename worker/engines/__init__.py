@@ -23,7 +23,7 @@ def create_engine(served: ServedModel, settings: Settings, concurrency: int | No
         from worker.engines.sglang.engine import SGLangOptions
 
         options = SGLangOptions(
-            url=settings.sglang_url,
+            url=settings.sglang_url or None,
             port=settings.sglang_port,
             server_args=settings.sglang_args,
             tokenizer=settings.tokenizer,
