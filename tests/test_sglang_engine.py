@@ -242,3 +242,19 @@ async def test_start_waits_for_sglang_to_be_ready(model_dir: Path) -> None:
     finally:
         await engine.close()
         stop(double.process)
+
+
+async def test_a_server_sending_increments_is_read_as_increments(model_dir: Path) -> None:
+    double = start_double(model_dir, "--incremental-streaming-output")
+    engine = engine_for(double.url)
+    try:
+        await engine.start()
+        double.script(text="one two three STOPWORD four", interval=0.01)
+        seen = await outputs(engine, "job-11:1", GenerationInput(prompt="Count", stop=["STOPWORD"]))
+        assert text_of(seen) == "one two three "
+        assert isinstance(seen[-1], Done)
+        double.script(text=STORY, interval=0.005)
+        assert text_of(await outputs(engine, "job-12:1", GenerationInput(prompt="Story"))) == STORY
+    finally:
+        await engine.close()
+        stop(double.process)

@@ -46,8 +46,9 @@ class Script(msgspec.Struct, kw_only=True):
 
 
 class State:
-    def __init__(self, tokenizer: Tokenizer, model_path: str, ready_at: float) -> None:
+    def __init__(self, tokenizer: Tokenizer, model_path: str, ready_at: float, incremental: bool) -> None:
         self.tokenizer = tokenizer
+        self.incremental = incremental
         self.model_path = model_path
         self.ready_at = ready_at
         self.scripts: deque[Script] = deque()
@@ -82,6 +83,7 @@ async def stream(state: State, body: dict[str, Any], script: Script) -> AsyncIte
     limit = params["max_new_tokens"]
     finished = False
     finish: dict[str, Any] | None
+    shown = ""  # what earlier frames carried, for --incremental-streaming-output
     try:
         for n in range(1, len(ids) + 1):
             if script.interval:
@@ -115,7 +117,8 @@ async def stream(state: State, body: dict[str, Any], script: Script) -> AsyncIte
                 finish = {"type": "stop", "matched": state.eos}
             else:
                 finish = None
-            yield frame({"text": text, "output_ids": ids[:n], "meta_info": meta(rid, prompt, n, finish)})
+            piece, shown = (text[len(shown) :], text) if state.incremental else (text, "")
+            yield frame({"text": piece, "output_ids": ids[:n], "meta_info": meta(rid, prompt, n, finish)})
             if finished:
                 break
         yield b"data: [DONE]\n\n"
@@ -162,7 +165,7 @@ def create_app(state: State) -> Litestar:
         return {
             "model_path": state.model_path,
             "tokenizer_path": state.model_path,
-            "incremental_streaming_output": False,
+            "incremental_streaming_output": state.incremental,
             "context_length": 8192,
             "version": "0.5.23 (test double)",
         }
@@ -185,9 +188,9 @@ def create_app(state: State) -> Litestar:
     return Litestar(routes, logging_config=None)
 
 
-def serve(port: int, model_path: str, unready_for: float = 0.0) -> None:
+def serve(port: int, model_path: str, unready_for: float = 0.0, incremental: bool = False) -> None:
     tokenizer = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
-    state = State(tokenizer, model_path, time.monotonic() + unready_for)
+    state = State(tokenizer, model_path, time.monotonic() + unready_for, incremental)
     uvicorn.run(create_app(state), host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -196,8 +199,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokenizer", "--model-path", dest="model_path", required=True)
     parser.add_argument("--unready-for", type=float, default=0.0)
+    parser.add_argument("--incremental-streaming-output", action="store_true")
     args, _ = parser.parse_known_args()  # like launch_server's flags the double has no use for
-    serve(args.port, args.model_path, args.unready_for)
+    serve(args.port, args.model_path, args.unready_for, args.incremental_streaming_output)
 
 
 if __name__ == "__main__":
