@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from gateway import metrics
 from gateway.enqueue import JobQueue
 from gateway.errors import render
 from gateway.generation import Generations
@@ -24,6 +27,12 @@ from gateway.tokens import PromptCounter
 from sluice import __version__
 from sluice.config import Settings
 from sluice.contract import deserialize_arq_job, serialize_arq_job
+from sluice.recovery import Recovery
+from sluice.registry import gateway_presence
+
+
+def observe_recovery(action: str) -> None:
+    metrics.RECOVERED.labels(action).inc()
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -39,14 +48,26 @@ def create_app(settings: Settings) -> Litestar:
         )
         relay = StreamRelay(redis_url, control=redis)
         await relay.start()
+        # This process's presence tells workers its jobs still have a reader; the recovery sweep
+        # ends or re-runs the jobs of killed workers even when no other worker is left to do it.
+        gateway_id = uuid.uuid4().hex[:12]
+        ttl = settings.heartbeat_ttl
+        background = [
+            asyncio.create_task(gateway_presence(redis, gateway_id, ttl)),
+            asyncio.create_task(Recovery(redis, ttl, settings.stream_ttl, observe_recovery).run()),
+        ]
         app.state.redis = redis
-        app.state.generations = Generations(settings, JobQueue(redis), relay, PromptCounter(redis))
+        counter = PromptCounter(redis)
+        app.state.generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id)
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await relay.close()
             await redis.aclose()
 

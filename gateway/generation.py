@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from litestar.types import Receive
+from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.enqueue import JobQueue
 from gateway.relay import StreamRelay, Subscription
 from gateway.tokens import PromptCounter
-from sluice.config import Settings
+from sluice.config import ServedModel, Settings
 from sluice.contract import (
     Delta,
     Done,
@@ -39,9 +40,13 @@ from sluice.errors import (
     check_context_window,
     client_gone,
     interrupted,
+    queue_unavailable,
 )
 
 log = logging.getLogger("sluice.gateway")
+
+#: Seconds a request may spend on Redis before queueing (token count, busy check, enqueue).
+REDIS_TIMEOUT = 3.0
 
 
 def error_from(event: Failed) -> SluiceError:
@@ -193,8 +198,14 @@ class Generations:
     """Starts generations: the gateway's one dependency for serving a request."""
 
     def __init__(
-        self, settings: Settings, queue: JobQueue, relay: StreamRelay, counter: PromptCounter
+        self,
+        settings: Settings,
+        queue: JobQueue,
+        relay: StreamRelay,
+        counter: PromptCounter,
+        gateway_id: str,
     ) -> None:
+        self._gateway_id = gateway_id
         self._settings = settings
         self._queue = queue
         self._relay = relay
@@ -211,6 +222,22 @@ class Generations:
     ) -> GenerationHandle:
         """Queue one generation; every check that can fail without a worker fails here, first."""
         served = self._settings.served(model)  # 5007 for a model this deployment does not serve
+        if request.lora:
+            # No adapter registry yet: every name is unknown, and saying so beats ignoring it.
+            raise bad_input(f"lora: no LoRA adapter named {request.lora!r} exists", param="lora")
+        try:
+            # Bounded: a Redis that accepts connections but never answers must not hang clients.
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                return await self._queue_job(served, request, request_id, reject_if_busy)
+        except (RedisError, OSError, TimeoutError) as exc:
+            metrics.REJECTIONS.labels("redis_unavailable").inc()
+            log.warning("request %s refused: Redis unavailable: %r", request_id, exc)
+            raise queue_unavailable() from exc
+
+    async def _queue_job(
+        self, served: ServedModel, request: GenerationInput, request_id: str, reject_if_busy: bool
+    ) -> GenerationHandle:
+        model = served.name
         prompt_tokens = await self._counter.count(model, request)
         if prompt_tokens is not None:
             try:
@@ -218,13 +245,10 @@ class Generations:
             except SluiceError:
                 metrics.REJECTIONS.labels("context_window").inc()
                 raise
-        if request.lora:
-            # No adapter registry yet: every name is unknown, and saying so beats ignoring it.
-            raise bad_input(f"lora: no LoRA adapter named {request.lora!r} exists", param="lora")
         if reject_if_busy and await self._queue.busy(model, self._settings.heartbeat_ttl):
             metrics.REJECTIONS.labels("capacity").inc()
             raise capacity_exceeded()
-        job = Job(id=request_id, model=model, input=request)
+        job = Job(id=request_id, model=model, input=request, gateway=self._gateway_id)
         subscription = self._relay.subscribe(job.id)
         try:
             await self._queue.submit(job)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from arq.connections import ArqRedis
 from litestar import Controller, Response, get
@@ -30,9 +32,10 @@ class HealthController(Controller):
         self, redis: NamedDependency[ArqRedis], settings: NamedDependency[Settings]
     ) -> Response[Health]:
         try:
-            await redis.ping()
-            workers = await live_workers(redis, settings.heartbeat_ttl)
-        except (RedisError, OSError):
+            async with asyncio.timeout(1.0):  # a probe that hangs is as bad as a red one
+                await redis.ping()
+                workers = await live_workers(redis, settings.heartbeat_ttl)
+        except (RedisError, OSError, TimeoutError):
             return Response(Health(status="unavailable", redis=False, workers=0), status_code=503)
         ready = workers > 0
         return Response(

@@ -67,6 +67,11 @@ GENERATION_SECONDS = Histogram(
 TOKENS = Counter("sluice_tokens", "Tokens of finished generations", ["model", "kind"])
 REJECTIONS = Counter("sluice_rejections", "Requests refused before queueing", ["reason"])
 ABORTS = Counter("sluice_aborts", "Generations ended before their answer", ["cause"])
+RECOVERED = Counter(
+    "sluice_recovered_jobs",
+    "Jobs of killed workers taken over: requeued (run again) or failed (half-sent streams)",
+    ["action"],
+)
 
 
 def api_of(path: str) -> str:

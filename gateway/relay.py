@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import EVENT_FIELD, Event, decode_event, events_key
+from sluice.errors import queue_unavailable
+from sluice.events import failed
 
 log = logging.getLogger("sluice.gateway.relay")
 
@@ -30,6 +32,8 @@ HIGH_WATER = 256
 BLOCK_MS = 5_000
 #: Entries taken per stream per read.
 COUNT = 512
+#: Seconds of Redis outage after which open streams end with an error instead of waiting on.
+OUTAGE_GRACE = 5.0
 
 
 class Subscription:
@@ -119,16 +123,29 @@ class StreamRelay:
                 streams[key] = subscription.last_id
         return streams
 
+    def _fail_all(self) -> None:
+        """Redis has been away too long: end every open stream with a retryable error."""
+        event = failed(queue_unavailable())
+        subscriptions, self._subscriptions = self._subscriptions, {}
+        for subscription in subscriptions.values():
+            subscription.deliver(event)
+
     async def _run(self) -> None:
+        failing_since: float | None = None
         while True:
             # Reset before taking the stream set: any subscription from here on sends a new wake.
             self._wake_pending = False
             try:
                 response = await self._reader.xread(self._streams(), count=COUNT, block=BLOCK_MS)
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
+                now = asyncio.get_running_loop().time()
+                failing_since = failing_since or now
                 log.warning("relay read failed, retrying: %s", exc)
+                if now - failing_since >= OUTAGE_GRACE and self._subscriptions:
+                    self._fail_all()
                 await asyncio.sleep(0.5)
                 continue
+            failing_since = None
             for key, entries in response or ():
                 if key == self._wake_key:
                     self._wake_id = entries[-1][0]

@@ -48,6 +48,16 @@ def worker_key(worker_id: str) -> str:
     return f"sluice:worker:{worker_id}"
 
 
+def running_key(worker_id: str) -> str:
+    """The set of job ids a worker is running: what recovery takes over if the worker dies."""
+    return f"sluice:running:{worker_id}"
+
+
+def gateway_key(gateway_id: str) -> str:
+    """Present while a gateway process is alive (refreshed, expiring): the reader of its jobs."""
+    return f"sluice:gateway:{gateway_id}"
+
+
 # --- The one internal request schema ------------------------------------------------------------
 
 Content = Annotated[str, Meta(max_length=131072)]
@@ -192,6 +202,8 @@ class Job(Struct, omit_defaults=True):
     model: str
     input: GenerationInput
     enqueued_at: float = msgspec.field(default_factory=time.time)
+    #: The gateway process relaying the answer; a job whose gateway is gone is not run on.
+    gateway: str = ""
 
 
 # --- Events on a job's stream -----------------------------------------------------------------

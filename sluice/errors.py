@@ -78,6 +78,13 @@ def client_gone() -> SluiceError:
     return SluiceError(ErrorCode.ABORTED, 408, "Request aborted: the client closed the connection")
 
 
+def queue_unavailable() -> SluiceError:
+    """Redis, which holds the queue, cannot be reached: nothing was queued; retry later."""
+    return SluiceError(
+        ErrorCode.INTERNAL, 503, "Service unavailable: the request queue is unreachable.", retryable=True
+    )
+
+
 def interrupted() -> SluiceError:
     """A stream's worker stopped after part of the answer was sent; the job's next attempt
     would start the answer over, so the client is told to retry instead."""

@@ -81,7 +81,9 @@ class EmbeddedRedis:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, keep_data: bool = False) -> None:
+        """Stop the server; ``keep_data`` leaves its files for a :meth:`start` on the same port
+        (with ``appendonly``, what was written survives, as on a restarted production Redis)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -90,7 +92,8 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self._dir.cleanup()
+        if not keep_data:
+            self._dir.cleanup()
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

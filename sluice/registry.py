@@ -1,39 +1,63 @@
-"""The worker registry in Redis: live workers advertise themselves; silence past the TTL means gone.
+"""The registry in Redis of live processes: workers and gateways refresh their presence; silence
+past the TTL means gone.
 
-Workers write it (:func:`heartbeat`); the gateway reads it (:func:`live_workers`) for readiness.
+Workers write :func:`heartbeat`; the gateway reads :func:`live_workers` for readiness, and
+recovery (``sluice.recovery``) takes over the jobs of workers silent past the TTL, claiming each
+dead worker once (:func:`claim`) and leaving a tombstone, so that a worker that was only stalled
+learns at its next beat that its jobs were taken from it (:class:`Evicted`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from sluice.contract import WORKERS_KEY, WorkerInfo, encode, worker_key
+from sluice.contract import WORKERS_KEY, WorkerInfo, encode, gateway_key, running_key, worker_key
+
+log = logging.getLogger("sluice.registry")
+
+#: How long a claimed worker's tombstone stays: far longer than any stall worth surviving.
+TOMBSTONE_SECONDS = 3600
+
+
+def _tombstone(worker_id: str) -> str:
+    return f"sluice:evicted:{worker_id}"
+
+
+class Evicted(Exception):
+    """This worker was silent past the TTL and its jobs were recovered elsewhere."""
 
 
 async def beat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
-    now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zadd(WORKERS_KEY, {info.id: now_ms})
-        # Forget workers silent for ten TTLs (killed ones never deregister).
-        pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - int(ttl * 10_000))
+        pipe.zadd(WORKERS_KEY, {info.id: int(time.time() * 1000)})
         pipe.set(worker_key(info.id), encode(info), px=int(ttl * 1000))
-        await pipe.execute()
+        pipe.exists(_tombstone(info.id))
+        *_, evicted = await pipe.execute()
+    if evicted:
+        raise Evicted(f"worker {info.id} was silent for over {ttl:.0f}s and its jobs were recovered")
 
 
 async def heartbeat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
-    """Refresh the advertisement three times per TTL until cancelled."""
+    """Refresh the advertisement three times per TTL until cancelled; Redis being away is
+    waited out, :class:`Evicted` is raised."""
     while True:
-        await beat(redis, info, ttl)
+        try:
+            await beat(redis, info, ttl)
+        except (RedisError, OSError) as exc:
+            log.warning("heartbeat not written (Redis unavailable): %s", exc)
         await asyncio.sleep(ttl / 3)
 
 
 async def deregister(redis: Redis, worker_id: str) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(WORKERS_KEY, worker_id)
-        pipe.delete(worker_key(worker_id))
+        pipe.delete(worker_key(worker_id), running_key(worker_id))
         await pipe.execute()
 
 
@@ -42,3 +66,32 @@ async def live_workers(redis: Redis, ttl: float) -> int:
     since = int((time.time() - ttl) * 1000)
     count: int = await redis.zcount(WORKERS_KEY, since, "+inf")
     return count
+
+
+async def silent_workers(redis: Redis, ttl: float) -> list[str]:
+    """Workers whose last heartbeat is older than ``ttl`` seconds."""
+    until = int((time.time() - ttl) * 1000)
+    ids: list[bytes] = await redis.zrangebyscore(WORKERS_KEY, "-inf", f"({until}")
+    return [worker_id.decode() for worker_id in ids]
+
+
+async def claim(redis: Redis, worker_id: str) -> bool:
+    """Take a silent worker over; exactly one caller gets ``True`` for each."""
+    if not await redis.zrem(WORKERS_KEY, worker_id):
+        return False
+    await redis.set(_tombstone(worker_id), b"1", ex=TOMBSTONE_SECONDS)
+    return True
+
+
+async def gateway_presence(redis: Redis, gateway_id: str, ttl: float) -> None:
+    """Keep a gateway process's presence key alive until cancelled (then it is removed)."""
+    try:
+        while True:
+            try:
+                await redis.set(gateway_key(gateway_id), b"1", px=int(ttl * 1000))
+            except (RedisError, OSError) as exc:
+                log.warning("gateway presence not written (Redis unavailable): %s", exc)
+            await asyncio.sleep(ttl / 3)
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await redis.delete(gateway_key(gateway_id))

@@ -118,15 +118,15 @@ async def test_seeded_sampling_is_reproducible(engine: TransformersEngine) -> No
 async def test_prompt_and_max_tokens_beyond_the_context_window_are_refused(
     engine: TransformersEngine,
 ) -> None:
-    # 4000 prompt tokens fit, and 3000 more to generate would too; 4000 + 4000 does not.
-    prompt = " word" * 4000
+    # 100 prompt tokens and 1 more to generate fit the 7,968-token window; 100 + 7,900 do not.
+    prompt = " word" * 100
     with pytest.raises(SluiceError) as raised:
         await collect(
-            engine.submit("huge", as_request(GenerationInput(prompt=prompt, raw=True, max_tokens=4000)))
+            engine.submit("huge", as_request(GenerationInput(prompt=prompt, raw=True, max_tokens=7900)))
         )
     assert raised.value.code is ErrorCode.CONTEXT_WINDOW
     assert raised.value.status == 413
     _, _, done = await collect(
         engine.submit("fits", as_request(GenerationInput(prompt=prompt, raw=True, max_tokens=1)))
     )
-    assert done.usage.prompt_tokens == 4000
+    assert done.usage.prompt_tokens == 100

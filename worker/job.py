@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from redis.exceptions import RedisError
+
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
 from sluice.errors import SluiceError, internal
+from sluice.events import failed
 from worker import metrics
 from worker.engines.base import Engine, Output
+from worker.inflight import InFlight
 from worker.prompt import prepare
 from worker.publish import EventPublisher
 from worker.tools import may_be_tool_call, new_tool_call_id, parse_tool_calls
@@ -27,10 +32,7 @@ class JobDeps:
     engine: Engine
     worker_id: str
     publisher: EventPublisher
-
-
-def failed(error: SluiceError) -> Failed:
-    return Failed(code=int(error.code), status=error.status, message=error.message, retryable=error.retryable)
+    inflight: InFlight
 
 
 def to_events(outputs: list[Output]) -> tuple[list[Event], bool]:
@@ -95,6 +97,8 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     try:
         outcome = await _run(deps, job, attempt)
     finally:
+        with contextlib.suppress(RedisError, OSError):  # Redis away: recovery sorts it out later
+            await deps.inflight.end(job.id)
         seconds = time.perf_counter() - started
         metrics.RUNNING.labels(job.model).dec()
         metrics.JOBS.labels(job.model, outcome).inc()
@@ -108,7 +112,13 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     def publish(events: list[Event]) -> Awaitable[None]:
         return deps.publisher.publish(job.id, events)
 
-    await publish([Started(worker=deps.worker_id, attempt=attempt)])
+    # Both before the first token, in parallel: one round trip of latency, not two.
+    wanted, _ = await asyncio.gather(
+        deps.inflight.start(job), publish([Started(worker=deps.worker_id, attempt=attempt)])
+    )
+    if not wanted:
+        log.info("job not run: its gateway is gone", extra={"request_id": job.id})
+        return "aborted"
     try:
         request = prepare(job.input)
     except SluiceError as error:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 import uuid
 from collections.abc import Awaitable
+from typing import NoReturn
 
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func
+from redis.exceptions import RedisError
 
 from sluice.config import Settings
 from sluice.contract import (
@@ -28,9 +31,12 @@ from sluice.contract import (
     serialize_arq_job,
     tokenizer_key,
 )
+from sluice.recovery import Recovery
 from sluice.registry import deregister, heartbeat
+from worker import metrics
 from worker.engines import create_engine
 from worker.engines.base import Engine, EngineFailed
+from worker.inflight import InFlight
 from worker.job import JobDeps, generate
 from worker.metrics import serve_metrics
 from worker.publish import EventPublisher
@@ -107,7 +113,9 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     if tokenizer is not None:
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
-    deps = JobDeps(engine=engine, worker_id=worker_id, publisher=EventPublisher(pool, settings.stream_ttl))
+    inflight = InFlight(pool, worker_id, settings.heartbeat_ttl)
+    publisher = EventPublisher(pool, settings.stream_ttl)
+    deps = JobDeps(engine=engine, worker_id=worker_id, publisher=publisher, inflight=inflight)
     worker = build_worker(settings, deps, queue, pool, concurrency)
     info = WorkerInfo(
         id=worker_id,
@@ -120,26 +128,54 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
 
     serve_metrics(settings.host, settings.worker_metrics_port)
     beating = asyncio.create_task(heartbeat(pool, info, settings.heartbeat_ttl))
-    running = asyncio.create_task(worker.async_run())
+    recovery = Recovery(
+        pool,
+        settings.heartbeat_ttl,
+        settings.stream_ttl,
+        lambda action: metrics.RECOVERED.labels(action).inc(),
+    )
+    background = [asyncio.create_task(recovery.run()), asyncio.create_task(inflight.watch())]
+    running = asyncio.create_task(_poll_queue(worker))
     log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, concurrency)
     stopping = asyncio.create_task(stop.wait())
     failing = asyncio.create_task(engine.until_failed())
-    await asyncio.wait({running, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({running, stopping, failing, beating}, return_when=asyncio.FIRST_COMPLETED)
+    if beating.done():
+        _evicted(beating)
     if failing.done():
         log.error("worker %s stops taking jobs: its engine failed: %s", worker_id, failing.result())
 
     # Stop taking jobs, let in-flight ones finish, then hand back what is left (arq re-queues it).
     worker.allow_pick_jobs = False
-    await deregister(pool, worker_id)
+    with contextlib.suppress(RedisError, OSError):
+        await deregister(pool, worker_id)
     in_flight = [t for t in worker.tasks.values() if not t.done()]
     if in_flight:
         log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
         await asyncio.wait(in_flight, timeout=settings.shutdown_grace)
-    beating.cancel()
-    stopping.cancel()
-    failing.cancel()
+    for task in (beating, stopping, failing, *background):
+        task.cancel()
     await worker.close()  # cancels what is left and closes the pool
     with contextlib.suppress(asyncio.CancelledError):
         await running
     log.info("worker %s stopped", worker_id)
     return 1 if failing.done() and not failing.cancelled() else 0
+
+
+async def _poll_queue(worker: Worker) -> None:
+    """arq's polling loop, restarted when Redis goes away, so service resumes when it returns."""
+    while True:
+        try:
+            await worker.async_run()
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("queue unreachable, polling again in 1s: %s", exc)
+            await asyncio.sleep(1.0)
+
+
+def _evicted(beating: asyncio.Task[None]) -> NoReturn:
+    """Recovery gave this worker's jobs to others while it was stalled: running on would answer
+    them twice. Exit at once (an SGLang child dies with its parent) and let the supervisor restart."""
+    log.critical("%s; exiting now", beating.exception() or "heartbeat stopped")
+    logging.shutdown()
+    os._exit(1)

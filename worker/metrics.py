@@ -22,6 +22,11 @@ JOB_SECONDS = Histogram(
 RUNNING = Gauge("sluice_worker_running_jobs", "Jobs running now", ["model"])
 TOKENS = Counter("sluice_worker_generated_tokens", "Tokens generated", ["model"])
 ENGINE_ERRORS = Counter("sluice_engine_errors", "Jobs failed by the engine itself", ["engine"])
+RECOVERED = Counter(
+    "sluice_worker_recovered_jobs",
+    "Jobs of killed workers this worker took over: requeued or failed (half-sent streams)",
+    ["action"],
+)
 
 
 def serve_metrics(host: str, port: int) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from sluice.contract import EVENT_FIELD, Event, coalesce, encode, events_key
+from sluice.contract import Event
+from sluice.events import append
 
 
 class EventPublisher:
@@ -64,9 +65,5 @@ class EventPublisher:
     async def _write(self, pending: dict[str, list[Event]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id, events in pending.items():
-                key = events_key(job_id)
-                for event in coalesce(events):
-                    pipe.xadd(key, {EVENT_FIELD: encode(event)})
-                # Refreshed on every write: a stream lives ttl seconds past its last event.
-                pipe.expire(key, self._ttl)
+                append(pipe, job_id, events, self._ttl)
             await pipe.execute()

@@ -2,13 +2,15 @@
 
 The child runs in its own session: a Ctrl-C or SIGTERM meant for the worker must not reach SGLang
 (and its scheduler processes) directly, because the worker still needs it to finish the jobs in
-flight. The worker stops it last, as a whole process group, so no GPU process outlives it.
+flight. The worker stops it last, as a whole process group, so no GPU process outlives it; and if
+the worker itself is killed, the kernel kills the server too (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -16,6 +18,15 @@ import sys
 from collections.abc import Sequence
 
 log = logging.getLogger("sluice.worker.sglang")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: be killed when the worker dies, however it dies (a worker killed
+    with SIGKILL must not leave SGLang holding the GPU). Linux only; elsewhere a no-op."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def launch_command(model: str, host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
@@ -43,7 +54,9 @@ class SGLangServer:
 
     async def start(self) -> None:
         log.info("starting SGLang: %s", " ".join(self.command))
-        self._process = await asyncio.create_subprocess_exec(*self.command, start_new_session=True)
+        self._process = await asyncio.create_subprocess_exec(
+            *self.command, start_new_session=True, preexec_fn=_die_with_parent
+        )
 
     @property
     def returncode(self) -> int | None:

@@ -1,0 +1,125 @@
+"""Recovery of the jobs a killed worker held: run again at once, or ended with a clear error.
+
+A worker killed with SIGKILL never deregisters and never finishes its jobs; arq alone would run
+them again only when their in-progress key expires (``job_timeout`` + 10 s) and knows nothing of
+a stream already half-sent. So every worker and every gateway process runs :class:`Recovery`: a
+worker silent past the heartbeat TTL is claimed by exactly one of them, and each job it was
+running is
+
+- released to run again (arq picks it up with its attempt count raised) when nothing of its
+  answer has been shown yet, or when its client waits for a whole answer (the gateway replaces the
+  first attempt's text with the new one);
+- ended with a retryable error event, and dropped, when part of a stream was already sent: the
+  client is told at once, rather than shown the answer twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal, cast
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import deserialize_job
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from sluice.contract import (
+    Delta,
+    ToolCalls,
+    decode_event,
+    decode_job,
+    deserialize_arq_job,
+    events_key,
+    queue_key,
+    running_key,
+    worker_key,
+)
+from sluice.errors import interrupted
+from sluice.events import append, failed
+from sluice.registry import claim, silent_workers
+
+log = logging.getLogger("sluice.recovery")
+
+Action = Literal["requeued", "failed", "gone"]
+
+
+async def _shown(redis: Redis, job_id: str) -> bool:
+    """Whether the job's stream already carries answer text (or tool calls) a client may have seen."""
+    entries = await redis.xrange(events_key(job_id), count=8)  # Started, then the answer
+    return any(isinstance(decode_event(fields[b"e"]), Delta | ToolCalls) for _, fields in entries)
+
+
+async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
+    payload = await redis.get(job_key_prefix + job_id)
+    if payload is None:  # it ended (or expired) after all
+        return "gone"
+    job = decode_job(deserialize_job(payload, deserializer=deserialize_arq_job).args[0])
+    if job.input.stream and await _shown(redis, job_id):
+        async with redis.pipeline(transaction=True) as pipe:
+            append(pipe, job_id, [failed(interrupted())], stream_ttl)
+            pipe.zrem(queue_key(job.model), job_id)
+            pipe.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id)
+            await pipe.execute()
+        return "failed"
+    # arq keeps a running job in its queue; without the in-progress mark any worker takes it again.
+    await redis.delete(in_progress_key_prefix + job_id)
+    return "requeued"
+
+
+async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[str, Action]:
+    """The jobs of a silent worker, once it is claimed (``{}`` if another process claimed it)."""
+    if not await claim(redis, worker_id):
+        return {}
+    jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
+    actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
+    await redis.delete(running_key(worker_id), worker_key(worker_id))
+    log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
+    return actions
+
+
+class Recovery:
+    """Looks for silent workers every third of the TTL and recovers their jobs.
+
+    Only once this process has itself reached Redis for a whole TTL: after a Redis outage (or
+    restart) every worker's last beat is old, and the live ones need a TTL to beat again.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        heartbeat_ttl: float,
+        stream_ttl: int,
+        observe: Callable[[Action], None] = lambda action: None,
+    ) -> None:
+        self._redis = redis
+        self._observe = observe
+        self._ttl = heartbeat_ttl
+        self._stream_ttl = stream_ttl
+        self._reachable_since: float | None = None
+
+    async def sweep(self) -> dict[str, Action]:
+        actions: dict[str, Action] = {}
+        try:
+            silent = await silent_workers(self._redis, self._ttl)
+            now = time.monotonic()
+            if self._reachable_since is None:
+                self._reachable_since = now
+            if now - self._reachable_since < self._ttl:
+                return actions
+            for worker_id in silent:
+                recovered = await recover_worker(self._redis, worker_id, self._stream_ttl)
+                for action in recovered.values():
+                    self._observe(action)
+                actions |= recovered
+        except (RedisError, OSError) as exc:
+            self._reachable_since = None
+            log.warning("recovery sweep skipped (Redis unavailable): %s", exc)
+        return actions
+
+    async def run(self) -> None:
+        while True:
+            await self.sweep()
+            await asyncio.sleep(self._ttl / 3)

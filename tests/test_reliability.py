@@ -1,0 +1,223 @@
+"""Processes die and Redis goes away; every accepted request still ends in an answer or a clear
+error, and the next request succeeds. Real redis-server, gateway and worker processes, killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis as SyncRedis
+
+from sluice.contract import WORKERS_KEY, Started, decode_event, events_key
+from sluice.redis_server import EmbeddedRedis, free_port
+from tests.conftest import MODEL, wait_for_http
+
+#: Fast failure detection, and slow tokens so that there is time to kill something mid-answer.
+SETTINGS = {
+    "SLUICE_MODELS": json.dumps([{"name": MODEL, "engine": "synthetic", "model": "synthetic"}]),
+    "SLUICE_HEARTBEAT_TTL": "1",
+    "SLUICE_SYNTHETIC_TOKENS_PER_SECOND": "20",
+    "SLUICE_WORKER_METRICS_PORT": "0",
+    "SLUICE_LOG_FORMAT": "text",
+}
+
+
+@dataclass
+class Site:
+    """Redis, and the gateways and workers started against it; all stopped at the end."""
+
+    redis: EmbeddedRedis
+    logs: Path
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def native_url(self) -> str:
+        return f"{self.url}/client/v4/accounts/acct/ai/run/{MODEL}"
+
+    def _start(self, role: str, **settings: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **SETTINGS, "REDIS_URL": self.redis.url, "SLUICE_PORT": str(self.port)}
+        env.update({f"SLUICE_{k.upper()}": v for k, v in settings.items()})
+        with (self.logs / f"{role}-{len(self.processes)}.log").open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sluice", role], env=env, stdout=out, stderr=out
+            )
+        self.processes.append(process)
+        return process
+
+    def gateway(self) -> subprocess.Popen[bytes]:
+        process = self._start("gateway")
+        wait_for_http(f"{self.url}/healthz", process)
+        return process
+
+    def worker(self, **settings: str) -> subprocess.Popen[bytes]:
+        process = self._start("worker", **settings)
+        client = self.redis_client()
+        before = int(client.zcard(WORKERS_KEY))  # type: ignore[arg-type]
+        # It takes jobs once it has registered.
+        until(lambda: process.poll() is not None or int(client.zcard(WORKERS_KEY)) > before)  # type: ignore[arg-type]
+        assert process.poll() is None, "the worker did not start"
+        return process
+
+    def redis_client(self) -> SyncRedis:
+        return SyncRedis.from_url(self.redis.url)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with EmbeddedRedis(appendonly=True) as server:
+        site = Site(server, tmp_path)
+        try:
+            yield site
+        finally:
+            for process in site.processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+
+def until(condition: object, timeout: float = 20, message: str = "") -> None:
+    """Poll a condition another process makes true (there is no event to wait on across processes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, message or "condition never held"
+        time.sleep(0.02)
+
+
+def running_jobs(site: Site) -> list[str]:
+    keys: list[bytes] = site.redis_client().keys("arq:in-progress:*")  # type: ignore[assignment]
+    return [key.decode().removeprefix("arq:in-progress:") for key in keys]
+
+
+def attempts(site: Site, job_id: str) -> list[int]:
+    entries: list[Any] = site.redis_client().xrange(events_key(job_id))  # type: ignore[assignment]
+    return [e.attempt for _, f in entries if isinstance(e := decode_event(f[b"e"]), Started)]
+
+
+def frames(response: httpx.Response) -> Iterator[dict[str, object]]:
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line.removeprefix("data: "))
+
+
+def ask(site: Site, max_tokens: int = 20) -> httpx.Response:
+    return httpx.post(site.native_url, json={"prompt": "Hello there", "max_tokens": max_tokens}, timeout=60)
+
+
+def test_a_killed_workers_jobs_run_again_on_another_worker(site: Site) -> None:
+    site.gateway()
+    doomed = site.worker(worker_concurrency="1")
+    with ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(ask, site, 40) for _ in range(3)]  # one runs, two wait in the queue
+        until(lambda: len(running_jobs(site)) == 1, message="no job started")
+        (job_id,) = running_jobs(site)
+        doomed.kill()
+        site.worker()
+        responses = [answer.result(60) for answer in answers]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert all(r.json()["result"]["usage"]["completion_tokens"] == 40 for r in responses)
+    assert attempts(site, job_id) == [1, 2], "the killed worker's job ran again, as attempt 2"
+
+
+def test_a_killed_workers_half_sent_stream_ends_in_an_error_at_once(site: Site) -> None:
+    site.gateway()
+    doomed = site.worker()
+    body = {"prompt": "Hello there", "stream": True, "max_tokens": 400}
+    with httpx.stream("POST", site.native_url, json=body, timeout=60) as response:
+        received = frames(response)
+        assert next(received)["response"]
+        doomed.kill()  # and no other worker is left: the gateway's own recovery must notice
+        rest = list(received)
+    errors = rest[-1]["errors"]
+    assert isinstance(errors, list)
+    assert "retry" in errors[0]["message"]
+    assert sum(len(str(f.get("response", ""))) for f in rest) < 400 * 3, "no second answer"
+    scrape = httpx.get(f"{site.url}/metrics", timeout=10).text
+    assert 'sluice_recovered_jobs_total{action="failed"} 1.0' in scrape
+    site.worker()
+    assert ask(site).status_code == 200
+
+
+def test_a_gateway_killed_mid_stream_has_its_job_aborted(site: Site) -> None:
+    doomed = site.gateway()
+    site.worker()
+    body = {"prompt": "Hello there", "stream": True, "max_tokens": 2000}  # 100 s of tokens
+    with httpx.stream("POST", site.native_url, json=body, timeout=60) as response:
+        next(frames(response))
+        (job_id,) = running_jobs(site)
+        doomed.kill()
+    until(lambda: not running_jobs(site), message="the orphaned job kept running")
+    assert not site.redis_client().exists(f"arq:job:{job_id}")
+    site.gateway()  # a new gateway serves at once
+    assert ask(site).status_code == 200
+
+
+def test_clients_that_leave_after_the_first_frame_leave_nothing_running(site: Site) -> None:
+    site.gateway()
+    site.worker(worker_concurrency="32")
+    body = {"prompt": "Hello there", "stream": True, "max_tokens": 2000}
+
+    async def storm() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def leave_early() -> None:
+                async with client.stream("POST", site.native_url, json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            return
+
+            await asyncio.gather(*(leave_early() for _ in range(30)))
+
+    asyncio.run(storm())
+    until(lambda: not running_jobs(site), message="abandoned generations kept the worker busy")
+    assert ask(site).status_code == 200
+
+
+def test_redis_going_away_is_a_503_and_service_resumes_when_it_returns(site: Site) -> None:
+    site.gateway()
+    site.worker()
+    assert ask(site).status_code == 200
+    site.redis.stop(keep_data=True)
+    native = ask(site)
+    assert native.status_code == 503
+    assert native.json()["errors"][0]["message"].endswith("the request queue is unreachable.")
+    openai = httpx.post(
+        f"{site.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=30,
+    )
+    assert openai.status_code == 503
+    assert openai.json()["error"]["message"].endswith("the request queue is unreachable.")
+    assert httpx.get(f"{site.url}/readyz", timeout=10).status_code == 503
+    site.redis.start()  # same port, same files: nothing was restarted but Redis
+    until(lambda: httpx.get(f"{site.url}/readyz", timeout=10).status_code == 200, message="never ready again")
+    assert ask(site).status_code == 200
+    assert all(p.poll() is None for p in site.processes), "something crashed"
+
+
+def test_jobs_queued_before_a_redis_restart_are_served_after_it(site: Site) -> None:
+    site.gateway()
+    with ThreadPoolExecutor(1) as pool:
+        waiting: Future[httpx.Response] = pool.submit(ask, site)
+        until(lambda: site.redis_client().zcard(f"sluice:queue:{MODEL}") == 1, message="not queued")
+        site.redis.stop(keep_data=True)  # the append-only file holds the queued job
+        site.redis.start()
+        site.worker()
+        answer = waiting.result(60)
+    assert answer.status_code == 200
+    assert answer.json()["result"]["usage"]["completion_tokens"] == 20
