@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks import report, scenarios
 
-SCENARIOS = ("overhead", "relay", "cpu", "pickup")
+SCENARIOS = ("overhead", "relay", "cpu", "pickup", "soak")
 
 
 def main() -> None:
@@ -33,6 +33,9 @@ def main() -> None:
     if "pickup" in chosen:
         with scenarios.section("queue pickup (enqueue → worker starts the job)"):
             results["pickup"] = scenarios.pickup(logs, [20.0, 200.0], 100 if args.quick else 400)
+    if "soak" in chosen:
+        with scenarios.section("soak (memory and Redis keys across thousands of requests)"):
+            results["soak"] = scenarios.soak(logs, 2000 if args.quick else 10000)
     report.write(results, args.out)
 
 

@@ -26,8 +26,10 @@ class Result:
     status: int = 0
 
 
-async def stream(url: str, path: str, body: dict[str, object], limit: float = 120) -> Result:
-    """POST one streaming request and time its frames."""
+async def stream(
+    url: str, path: str, body: dict[str, object], limit: float = 120, *, leave_early: bool = False
+) -> Result:
+    """POST one streaming request and time its frames; ``leave_early``: hang up after the first."""
     parts = urlsplit(url)
     payload = json.dumps(body).encode()
     request = (
@@ -48,6 +50,8 @@ async def stream(url: str, path: str, body: dict[str, object], limit: float = 12
                 if b"data: " in chunk:
                     if last is None:
                         result.ttft = now - start
+                        if leave_early:
+                            break
                     else:
                         result.gaps.append(now - last)
                     last = now

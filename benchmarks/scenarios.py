@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from benchmarks.client import Result, stream
 from benchmarks.load import closed_loop, ms, open_loop
-from benchmarks.stack import MODEL, cpu_seconds, peak_rss_mib, running
+from benchmarks.stack import MODEL, Stack, cpu_seconds, peak_rss_mib, rss_mib, running
 from gateway.enqueue import JobQueue
 from sluice.config import ServedModel
 from sluice.contract import (
@@ -264,6 +264,66 @@ def pickup(logs: Path, rates: list[float], count: int) -> list[Row]:
             )
             p50, p99 = rows[-1]["pickup_p50_ms"], rows[-1]["pickup_p99_ms"]
             print(f"  pickup @ {rate} jobs/s: p50 {p50} ms, p99 {p99} ms")
+    return rows
+
+
+# --- 5. soak: nothing leaks -------------------------------------------------------------------
+
+
+async def _batch(stack: Stack, count: int, concurrency: int, start: int) -> None:
+    """``count`` requests, ``concurrency`` at a time: mostly whole streams, every tenth client
+    hanging up after the first frame, every fifth asking for a whole (non-streamed) answer."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            body = run_body(16) if i % 5 else {**run_body(16), "stream": False}
+            await stream(stack.url, stack.run_path, body, limit=60, leave_early=i % 10 == 3)
+
+    await asyncio.gather(*(one(start + i) for i in range(count)))
+
+
+async def _redis_footprint(redis_url: str) -> tuple[int, float]:
+    redis = Redis.from_url(redis_url)
+    try:
+        keys: int = await redis.dbsize()
+        used = (await redis.info("memory"))["used_memory"] / 2**20
+        return keys, round(used, 1)
+    finally:
+        await redis.aclose()
+
+
+def soak(logs: Path, requests: int, checkpoints: int = 5, concurrency: int = 32) -> list[Row]:
+    """Memory of the gateway and the worker, and Redis's keys, across thousands of requests;
+    then again once the event streams' TTL has passed."""
+    stream_ttl = 5
+    rows: list[Row] = []
+    with running(logs / "soak", synthetic_tokens_per_second="4000", stream_ttl=str(stream_ttl)) as stack:
+        (worker,) = stack.worker_pids
+
+        def checkpoint(done: int) -> None:
+            keys, used = asyncio.run(_redis_footprint(stack.redis_url))
+            row: Row = {
+                "requests": done,
+                "gateway_rss_mib": round(rss_mib(stack.gateway_pid), 1),
+                "worker_rss_mib": round(rss_mib(worker), 1),
+                "redis_keys": keys,
+                "redis_used_mib": used,
+            }
+            rows.append(row)
+            print(
+                f"  soak @ {done}: gateway {row['gateway_rss_mib']} MiB, worker {row['worker_rss_mib']} MiB"
+            )
+
+        step = requests // checkpoints
+        asyncio.run(_batch(stack, 200, concurrency, 0))  # warm-up: caches and pools filled
+        checkpoint(0)
+        for n in range(1, checkpoints + 1):
+            asyncio.run(_batch(stack, step, concurrency, n * step))
+            checkpoint(n * step)
+        time.sleep(stream_ttl + 1)  # event streams expire; job keys are gone already
+        checkpoint(checkpoints * step)
+        rows[-1]["requests"] = f"{checkpoints * step} + {stream_ttl + 1} s"
     return rows
 
 

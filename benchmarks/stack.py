@@ -24,6 +24,7 @@ class Stack:
     url: str
     redis_url: str
     gateway_pid: int
+    worker_pids: list[int]
 
     @property
     def run_path(self) -> str:
@@ -57,7 +58,8 @@ def running(
                         processes.append(subprocess.Popen(command, env=env, stdout=out, stderr=out))
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, processes, ready_timeout)
-            yield Stack(url=url, redis_url=redis.url, gateway_pid=processes[0].pid)
+            worker_pids = [p.pid for p in processes[1:]]
+            yield Stack(url=url, redis_url=redis.url, gateway_pid=processes[0].pid, worker_pids=worker_pids)
         finally:
             for process in processes:
                 process.terminate()
@@ -68,12 +70,21 @@ def running(
                     process.kill()
 
 
-def peak_rss_mib(pid: int) -> float:
-    """A process's peak resident memory (VmHWM), in MiB."""
+def _status_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), in MiB."""
+    return _status_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now (VmRSS), in MiB."""
+    return _status_mib(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:
