@@ -132,6 +132,7 @@ def test_a_killed_workers_jobs_run_again_on_another_worker(site: Site) -> None:
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert all(r.json()["result"]["usage"]["completion_tokens"] == 40 for r in responses)
     assert attempts(site, job_id) == [1, 2], "the killed worker's job ran again, as attempt 2"
+    assert ask(site).status_code == 200
 
 
 def test_a_killed_workers_half_sent_stream_ends_in_an_error_at_once(site: Site) -> None:
@@ -221,3 +222,22 @@ def test_jobs_queued_before_a_redis_restart_are_served_after_it(site: Site) -> N
         answer = waiting.result(60)
     assert answer.status_code == 200
     assert answer.json()["result"]["usage"]["completion_tokens"] == 20
+    assert ask(site).status_code == 200
+
+
+def test_a_stream_rides_out_a_redis_restart(site: Site) -> None:
+    site.gateway()
+    site.worker()
+    body = {"prompt": "Hello there", "stream": True, "max_tokens": 60}  # 3 s of tokens
+    with httpx.stream("POST", site.native_url, json=body, timeout=60) as response:
+        received = frames(response)
+        texts = [str(next(received)["response"])]
+        site.redis.stop(keep_data=True)  # mid-stream; append-only file kept
+        time.sleep(1.0)  # the outage itself: a second of tokens with nowhere to go
+        site.redis.start()
+        rest = list(received)
+    texts += [str(f.get("response", "")) for f in rest]
+    assert not any("errors" in f for f in rest), rest[-1]
+    assert len("".join(texts).split()) == 60, "every token, once"
+    assert rest[-1]["usage"]["completion_tokens"] == 60  # type: ignore[index]
+    assert ask(site).status_code == 200

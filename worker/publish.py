@@ -8,12 +8,26 @@ and the writes of all of a worker's jobs share that pipeline.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from sluice.contract import Event
 from sluice.events import append
+
+log = logging.getLogger("sluice.worker.publish")
+
+
+#: redis-py's retry helper: about 6 s of exponential backoff on connection errors, then give up
+#: (by then the gateway has ended the streams it relays with a 503 error).
+RIDE_OUT = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10)
+
+
+async def _not_yet(error: Exception) -> None:
+    log.warning("events not written yet (Redis unavailable), retrying: %s", error)
 
 
 class EventPublisher:
@@ -25,8 +39,9 @@ class EventPublisher:
     A job awaits its own publish, so its events stay in order.
     """
 
-    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, ttl_seconds: int, retry: Retry | None = None) -> None:
         self._redis = redis
+        self._retry = retry or RIDE_OUT
         self._ttl = ttl_seconds
         self._pending: dict[str, list[Event]] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -52,7 +67,9 @@ class EventPublisher:
         pending, waiters = self._pending, self._waiters
         self._pending, self._waiters, self._scheduled = {}, [], False
         try:
-            await self._write(pending)
+            # Retried (same entries, in order): a Redis restarting with its append-only file comes
+            # back within seconds, and the streams in flight carry on where they were.
+            await self._retry.call_with_retry(lambda: self._write(pending), _not_yet)
         except Exception as exc:
             for waiter in waiters:
                 if not waiter.done():
