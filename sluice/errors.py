@@ -85,6 +85,14 @@ def queue_unavailable() -> SluiceError:
     )
 
 
+def reader_gone() -> SluiceError:
+    """The gateway that queued a job was gone when a worker picked it up: the job is not run.
+    Nobody should read this; if its client is there after all, it is told to retry."""
+    return SluiceError(
+        ErrorCode.ABORTED, 503, "Request aborted: its gateway went away before it started.", retryable=True
+    )
+
+
 def interrupted() -> SluiceError:
     """A stream's worker stopped after part of the answer was sent; the job's next attempt
     would start the answer over, so the client is told to retry instead."""

@@ -84,11 +84,14 @@ async def claim(redis: Redis, worker_id: str) -> bool:
 
 
 async def gateway_presence(redis: Redis, gateway_id: str, ttl: float) -> None:
-    """Keep a gateway process's presence key alive until cancelled (then it is removed)."""
+    """Keep a gateway process's presence key alive until cancelled (then it is removed).
+
+    Refreshed every third of ``ttl`` but kept for three: workers abort the jobs of a gateway whose
+    key is missing, so a short Redis restart (during which nobody can refresh) must not lose it."""
     try:
         while True:
             try:
-                await redis.set(gateway_key(gateway_id), b"1", px=int(ttl * 1000))
+                await redis.set(gateway_key(gateway_id), b"1", px=int(ttl * 3000))
             except (RedisError, OSError) as exc:
                 log.warning("gateway presence not written (Redis unavailable): %s", exc)
             await asyncio.sleep(ttl / 3)

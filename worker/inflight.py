@@ -60,15 +60,19 @@ class InFlight:
         return [job for job, gateway in self._readers.items() if gateway and not alive[gateway]]
 
     async def watch(self) -> None:
-        """Abort orphaned jobs, every third of the TTL, until cancelled."""
+        """Abort orphaned jobs, every third of the TTL, until cancelled; but only once Redis has
+        been reachable for a whole TTL, so that gateways can renew presence lost in an outage."""
+        reachable_since: float | None = None
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
                 orphans = await self.orphans()
-                if orphans:
+                reachable_since = reachable_since or time.monotonic()
+                if orphans and time.monotonic() - reachable_since >= self._ttl:
                     log.info("aborting %d jobs whose gateway is gone", len(orphans))
                     now = int(time.time() * 1000)
                     await self._redis.zadd(abort_jobs_ss, dict.fromkeys(orphans, now))
                     self._readers.update(dict.fromkeys(orphans, ""))  # asked once is enough
             except (RedisError, OSError) as exc:
+                reachable_since = None
                 log.warning("orphan check skipped (Redis unavailable): %s", exc)

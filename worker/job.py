@@ -13,7 +13,7 @@ from typing import Any, Literal
 from redis.exceptions import RedisError
 
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
-from sluice.errors import SluiceError, internal
+from sluice.errors import SluiceError, internal, reader_gone
 from sluice.events import failed
 from worker import metrics
 from worker.engines.base import Engine, Output
@@ -118,6 +118,7 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     )
     if not wanted:
         log.info("job not run: its gateway is gone", extra={"request_id": job.id})
+        await publish([failed(reader_gone())])  # never a silent end, should its client be there
         return "aborted"
     try:
         request = prepare(job.input)
