@@ -46,6 +46,7 @@ def running(
         port = free_port()
         env = {**os.environ, "REDIS_URL": redis.url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "warning"}
         env["SLUICE_WORKER_METRICS_PORT"] = "0"  # several workers share this host
+        env.setdefault("SLUICE_AUTH", "open")  # the gateway's own cost, without keys
         if synthetic:
             env["SLUICE_MODELS"] = json.dumps(SYNTHETIC)
         env.update({f"SLUICE_{k.upper()}": v for k, v in settings.items()})

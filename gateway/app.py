@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,8 +14,11 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.auth import Authenticator, authenticate
+from gateway.caller import caller_of, quota_headers
 from gateway.enqueue import JobQueue
 from gateway.errors import render
 from gateway.generation import Generations
@@ -22,13 +26,29 @@ from gateway.health import HealthController
 from gateway.metrics import MetricsController, track_requests
 from gateway.native.router import NativeController
 from gateway.openai import CONTROLLERS as OPENAI
+from gateway.ratelimit import EffectiveLimits, RateLimiter
 from gateway.relay import StreamRelay
 from gateway.tokens import PromptCounter
 from sluice import __version__
 from sluice.config import Settings
 from sluice.contract import deserialize_arq_job, serialize_arq_job
+from sluice.keys import KeyStore, load_file
 from sluice.recovery import Recovery
 from sluice.registry import gateway_presence
+
+log = logging.getLogger("sluice.gateway")
+
+
+async def _announce_access(settings: Settings, keys: KeyStore) -> None:
+    """Say loudly, once, when the API is open to anyone, or closed to everyone."""
+    if settings.auth == "open":
+        log.warning("*** OPEN: API requests need no key and nothing is rate-limited (SLUICE_AUTH=open) ***")
+        return
+    try:
+        if not await keys.all():
+            log.warning("no API keys exist: every API request gets 401 until `sluice keys create` adds one")
+    except (RedisError, OSError):
+        pass  # Redis away at start-up: requests will say so
 
 
 def observe_recovery(action: str) -> None:
@@ -57,8 +77,13 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(Recovery(redis, ttl, settings.stream_ttl, observe_recovery).run()),
         ]
         app.state.redis = redis
+        keys = KeyStore(redis, load_file(settings.keys_file) if settings.keys_file else None)
+        app.state.authenticator = Authenticator(keys, open_access=settings.auth == "open")
+        await _announce_access(settings, keys)
+        defaults = EffectiveLimits(settings.default_rpm, settings.default_tpm, settings.default_concurrency)
+        limiter = RateLimiter(redis, defaults, lease_seconds=settings.job_timeout)
         counter = PromptCounter(redis)
-        app.state.generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id)
+        app.state.generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter)
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
         gc.collect()
         gc.freeze()
@@ -86,20 +111,23 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             MetricsController,
-            NativeController,
-            Router("/v1", route_handlers=OPENAI),
-            Router("/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI),
+            Router("/", route_handlers=[NativeController], guards=[authenticate]),
+            Router("/v1", route_handlers=OPENAI, guards=[authenticate]),
+            Router(
+                "/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI, guards=[authenticate]
+            ),
         ],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "redis": Provide(provide_redis, sync_to_thread=False),
             "generations": Provide(provide_generations, sync_to_thread=False),
+            "caller": Provide(caller_of, sync_to_thread=False),
         },
         lifespan=[services],
         exception_handlers={Exception: render},
         # Logging is set up once by the process (sluice.cli): JSON lines, not Litestar's format.
         logging_config=None,
-        middleware=[track_requests],
+        middleware=[track_requests, quota_headers],
         openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
         request_max_body_size=settings.max_body_bytes,
     )

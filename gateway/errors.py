@@ -8,6 +8,7 @@ its typed exceptions; every other route answers Cloudflare's v4 envelope. Anythi
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import msgspec
@@ -181,6 +182,10 @@ def render(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     else:
         error = as_sluice_error(exc, request.headers.get("content-type", ""))
     headers = {"x-should-retry": "true"} if error.retryable else {}
+    if error.retry_after is not None:
+        # Both forms the OpenAI and Cloudflare SDKs read; seconds rounded up, never to zero.
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
+        headers["retry-after-ms"] = str(max(1, round(error.retry_after * 1000)))
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)  # e.g. the ``Allow`` list a 405 must carry
     if speaks_openai(request.url.path):

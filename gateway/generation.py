@@ -15,9 +15,11 @@ from litestar.types import Receive
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.caller import Caller
 from gateway.enqueue import JobQueue
+from gateway.ratelimit import RateLimiter
 from gateway.relay import StreamRelay, Subscription
-from gateway.tokens import PromptCounter
+from gateway.tokens import PromptCounter, upper_estimate
 from sluice.config import ServedModel, Settings
 from sluice.contract import (
     Delta,
@@ -41,6 +43,7 @@ from sluice.errors import (
     client_gone,
     interrupted,
     queue_unavailable,
+    rate_limited,
 )
 
 log = logging.getLogger("sluice.gateway")
@@ -77,10 +80,19 @@ class GenerationHandle:
     """The events of one queued job. Iterate :meth:`outputs`; ``done`` is set at the end."""
 
     def __init__(
-        self, job: Job, subscription: Subscription, abort: Callable[[str], None], timeout: float
+        self,
+        job: Job,
+        subscription: Subscription,
+        abort: Callable[[str], None],
+        timeout: float,
+        release: Callable[[int], None] = lambda used: None,
+        prompt_tokens: int = 0,
     ) -> None:
         self.job = job
         self.done: Done | None = None
+        self._release = release
+        self._prompt_tokens = prompt_tokens
+        self._generated = 0  # tokens seen so far, for a reservation given back early
         self._subscription = subscription
         self._abort = abort
         self._timeout = timeout
@@ -109,6 +121,7 @@ class GenerationHandle:
             for event in coalesce(events):
                 if isinstance(event, Delta | ToolCalls):
                     self._observe_output()
+                    self._generated += event.tokens if isinstance(event, Delta) else 0
                     yield event
                 elif isinstance(event, Done):
                     self.done = event
@@ -177,6 +190,9 @@ class GenerationHandle:
         if self.done is None:
             metrics.ABORTS.labels("client_gone").inc()
             self._abort(self.id)
+            self._release(self._prompt_tokens + self._generated)
+        else:
+            self._release(self.done.usage.total_tokens)
 
     def _observe_output(self) -> None:
         now = time.time()
@@ -204,8 +220,11 @@ class Generations:
         relay: StreamRelay,
         counter: PromptCounter,
         gateway_id: str,
+        limiter: RateLimiter,
     ) -> None:
         self._gateway_id = gateway_id
+        self._limiter = limiter
+        self._releases: set[asyncio.Task[None]] = set()
         self._settings = settings
         self._queue = queue
         self._relay = relay
@@ -218,7 +237,13 @@ class Generations:
         task.add_done_callback(self._aborts.discard)
 
     async def start(
-        self, model: str, request: GenerationInput, request_id: str, *, reject_if_busy: bool = False
+        self,
+        model: str,
+        request: GenerationInput,
+        request_id: str,
+        *,
+        caller: Caller,
+        reject_if_busy: bool = False,
     ) -> GenerationHandle:
         """Queue one generation; every check that can fail without a worker fails here, first."""
         served = self._settings.served(model)  # 5007 for a model this deployment does not serve
@@ -228,14 +253,19 @@ class Generations:
         try:
             # Bounded: a Redis that accepts connections but never answers must not hang clients.
             async with asyncio.timeout(REDIS_TIMEOUT):
-                return await self._queue_job(served, request, request_id, reject_if_busy)
+                return await self._queue_job(served, request, request_id, caller, reject_if_busy)
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.REJECTIONS.labels("redis_unavailable").inc()
             log.warning("request %s refused: Redis unavailable: %r", request_id, exc)
             raise queue_unavailable() from exc
 
     async def _queue_job(
-        self, served: ServedModel, request: GenerationInput, request_id: str, reject_if_busy: bool
+        self,
+        served: ServedModel,
+        request: GenerationInput,
+        request_id: str,
+        caller: Caller,
+        reject_if_busy: bool,
     ) -> GenerationHandle:
         model = served.name
         prompt_tokens = await self._counter.count(model, request)
@@ -248,11 +278,33 @@ class Generations:
         if reject_if_busy and await self._queue.busy(model, self._settings.heartbeat_ttl):
             metrics.REJECTIONS.labels("capacity").inc()
             raise capacity_exceeded()
+        prompt = prompt_tokens if prompt_tokens is not None else upper_estimate(request)
+        release = await self._admit(caller, request_id, prompt + request.max_tokens)
         job = Job(id=request_id, model=model, input=request, gateway=self._gateway_id)
         subscription = self._relay.subscribe(job.id)
         try:
             await self._queue.submit(job)
         except BaseException:
             subscription.close()
+            release(0)
             raise
-        return GenerationHandle(job, subscription, self._abort, self._settings.job_timeout)
+        return GenerationHandle(job, subscription, self._abort, self._settings.job_timeout, release, prompt)
+
+    async def _admit(self, caller: Caller, request_id: str, cost: int) -> Callable[[int], None]:
+        """The caller's limits decide (raising 429 with when to retry); what is returned gives the
+        reservation back, resized to the tokens really used, when the request ends."""
+        key = caller.key
+        if key is None:  # an open deployment: nothing is limited
+            return lambda used: None
+        admission = await self._limiter.admit(key, request_id, cost)
+        caller.quota = admission.quota
+        if admission.refused is not None:
+            metrics.REJECTIONS.labels(f"rate_{admission.refused}").inc()
+            raise rate_limited(admission.refused, admission.retry_after)
+
+        def release(used: int) -> None:
+            task = asyncio.create_task(self._limiter.release(key, request_id, cost, used))
+            self._releases.add(task)  # held until done: the event loop keeps only weak references
+            task.add_done_callback(self._releases.discard)
+
+        return release

@@ -82,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(work)
     worker(work)
+    keys = commands.add_parser("keys", help="API keys: create (shown once), list, revoke")
+    common(keys)
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="a new key for an account, printed once")
+    create.add_argument("--account", dest="key_account", required=True, help="the account it may use")
+    create.add_argument("--name", dest="key_name", default="", help="a label for people")
+    for limit in ("rpm", "tpm", "concurrency"):
+        create.add_argument(f"--{limit}", dest=f"key_{limit}", type=int, help=f"its own {limit} limit")
+    create.add_argument("--file", dest="key_file", help="add it to this keys file, not to Redis")
+    listing = keys_commands.add_parser("list", help="the keys (their ids, never the keys)")
+    listing.add_argument("--file", dest="key_file", help="list this keys file's, not Redis's")
+    revoke = keys_commands.add_parser("revoke", help="remove a key stored in Redis")
+    revoke.add_argument("key_id", help="its id, as `sluice keys list` shows it")
     status = commands.add_parser(
         "status", help="queues, workers, traffic and errors, from Redis and /metrics"
     )
@@ -93,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, passthrough: list[str]) -> Settings:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "gateway_url")}
+    fields = {field.name for field in msgspec.structs.fields(Settings)}
+    flags = {k: v for k, v in vars(args).items() if k in fields}
     if passthrough:
         flags["sglang_args"] = passthrough
     return load_settings(flags)
@@ -178,12 +192,28 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+OPEN_WARNING = (
+    "sluice up: *** OPEN: no API keys exist, so this deployment takes requests WITHOUT a key and "
+    "limits nothing. Create one (`sluice keys create --account ACCOUNT`) and restart, or set "
+    "SLUICE_AUTH=keys. ***"
+)
+
+
+def _any_keys(settings: Settings) -> bool:
+    from sluice.keys_cli import count_keys
+
+    return count_keys(settings) > 0
+
+
 def run_up(settings: Settings) -> int:
     embedded: EmbeddedRedis | None = None
     if not settings.redis_url:
         embedded = EmbeddedRedis().start()
         settings = msgspec.structs.replace(settings, redis_url=embedded.url)
         print(f"sluice up: started embedded redis-server at {embedded.url}", file=sys.stderr)
+    if settings.auth == "keys" and "SLUICE_AUTH" not in os.environ and not _any_keys(settings):
+        settings = msgspec.structs.replace(settings, auth="open")
+        print(OPEN_WARNING, file=sys.stderr)
     env = child_env(settings)
     base = [sys.executable, "-m", "sluice"]
     # Own sessions: Ctrl-C reaches only this process, which then stops the children in order.
@@ -227,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.redis_url:
             sys.exit("sluice status: set REDIS_URL or --redis-url")
         return show(settings, args.gateway_url)
+    if args.command == "keys":
+        from sluice.keys_cli import run_keys
+
+        return run_keys(settings, args)
     if args.command == "gateway":
         run_gateway(settings)
     elif args.command == "worker":

@@ -84,6 +84,16 @@ class Settings(Struct, kw_only=True):
     heartbeat_ttl: float = 5.0
     #: Where converted model weights are cached between starts.
     cache_dir: str = msgspec.field(default_factory=_default_cache_dir)
+    #: ``keys``: every API request needs a key (``sluice keys create``); ``open``: none do, and
+    #: nothing is limited. ``sluice up`` opens a deployment that has no keys, and says so.
+    auth: Literal["keys", "open"] = "keys"
+    #: A JSON list of hashed key records (``sluice keys create --file``), e.g. a mounted Secret.
+    keys_file: str | None = None
+    #: Limits of a key that sets none of its own: requests, tokens (prompt + max_tokens) per
+    #: minute, and requests at once.
+    default_rpm: int = 300
+    default_tpm: int = 200_000
+    default_concurrency: int = 32
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1_048_576
     log_level: str = "info"

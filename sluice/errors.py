@@ -36,6 +36,7 @@ class SluiceError(Exception):
         *,
         param: str | None = None,
         retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -43,6 +44,8 @@ class SluiceError(Exception):
         self.message = message
         self.param = param
         self.retryable = retryable
+        #: Seconds until a retry can succeed, when known (the ``Retry-After`` header).
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"SluiceError({self.code.name}, {self.status}, {self.message!r})"
@@ -102,6 +105,36 @@ def interrupted() -> SluiceError:
         "The worker generating this answer stopped before it finished; please retry the request.",
         retryable=True,
     )
+
+
+def unauthenticated() -> SluiceError:
+    """No API key, or one that is not (or no longer) valid: Cloudflare's answer, code 10000."""
+    return SluiceError(ErrorCode.AUTHENTICATION, 401, "Authentication error")
+
+
+def wrong_account(account: str) -> SluiceError:
+    """A valid key used on another account's path."""
+    return SluiceError(
+        ErrorCode.AUTHENTICATION, 403, f"Authentication error: this key does not belong to account {account}"
+    )
+
+
+def rate_limited(limit: str, retry_after: float) -> SluiceError:
+    """Over a per-key limit (requests, tokens or concurrency per minute): Workers AI's 3021."""
+    return SluiceError(
+        ErrorCode.RATE_LIMITED,
+        429,
+        f"rate limiting: {LIMIT_NAMES.get(limit, limit)} reached",
+        retryable=True,
+        retry_after=retry_after,
+    )
+
+
+LIMIT_NAMES = {
+    "requests": "inference request per min rate",
+    "tokens": "tokens per min rate",
+    "concurrency": "concurrent request limit",
+}
 
 
 def capacity_exceeded() -> SluiceError:

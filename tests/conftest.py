@@ -77,6 +77,7 @@ class Stack:
 def run_stack(redis_url: str, logs: Path, **settings: str) -> Iterator[Stack]:
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_PORT": str(port), "SLUICE_LOG_LEVEL": "info"}
+    env["SLUICE_AUTH"] = "open"  # keys and limits have their own tests (test_keys.py)
     env["SLUICE_WORKER_METRICS_PORT"] = str(free_port())
     env.update({f"SLUICE_{name.upper()}": value for name, value in settings.items()})
     worker = start("worker", env, logs / "worker.log")

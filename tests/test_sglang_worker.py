@@ -218,6 +218,7 @@ def fleet(redis_server: EmbeddedRedis, double: SGLangDouble, tmp_path: Path) -> 
     redis_url = redis_server.url.rsplit("/", 1)[0] + "/4"
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_PORT": str(port), "SLUICE_SGLANG_URL": double.url}
+    env["SLUICE_AUTH"] = "open"
     gateway = start("gateway", env, tmp_path / "gateway.log")
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", gateway)

@@ -18,7 +18,7 @@ from tests.conftest import MODEL, wait_until_ready
 
 def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SLUICE_AUTH")}
     env["SLUICE_PORT"] = str(port)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -41,6 +41,8 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     output = log.read_text()
     # The banner says plainly what answers under the Llama name.
     assert "SmolLM2" in output
+    # A fresh deployment has no keys: it runs open (the request above had none), and says so.
+    assert "*** OPEN: no API keys exist" in output
     assert "sluice up: stopped" in output
     match = re.search(r"embedded redis-server at redis://127\.0\.0\.1:(\d+)", output)
     assert match, output

@@ -9,6 +9,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, SkipValidation
 from litestar.response import Stream
 
+from gateway.auth import authenticate
+from gateway.caller import Caller
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import CLOUDFLARE_ERRORS
 from gateway.generation import Generations
@@ -23,6 +25,7 @@ from sluice.config import Settings
 class NativeController(Controller):
     path = "/client/v4/accounts/{account_id:str}/ai"
     tags = ("Workers AI",)
+    guards = (authenticate,)
 
     @post(
         "/run/{model:path}",
@@ -39,13 +42,16 @@ class NativeController(Controller):
         data: SkipValidation[RunRequest],
         settings: NamedDependency[Settings],
         generations: NamedDependency[Generations],
+        caller: NamedDependency[Caller],
     ) -> Response[RunEnvelope]:
         payload = strict(data, RunRequest)
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
         served = settings.served(model.lstrip("/"))
         request_id = request_id_of(request)
         busy_rejects = payload.options is not None and payload.options.reject_if_busy
-        handle = await generations.start(served.name, payload, request_id, reject_if_busy=busy_rejects)
+        handle = await generations.start(
+            served.name, payload, request_id, caller=caller, reject_if_busy=busy_rejects
+        )
         label_model(request, served.name)
         # cf-ai-req-id is the header Workers AI clients read the request id from.
         headers = {"cf-ai-req-id": request_id}

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 from litestar.response import Stream
 
+from gateway.caller import Caller
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
 from gateway.generation import Generations
@@ -36,11 +37,12 @@ class CompletionsController(Controller):
         request: Request[Any, Any, Any],
         data: SkipValidation[CompletionRequest],
         generations: NamedDependency[Generations],
+        caller: NamedDependency[Caller],
     ) -> Response[TextCompletion]:
         payload = strict(data, CompletionRequest)
         native = to_native(payload)
         request_id = request_id_of(request)
-        handle = await generations.start(payload.model, native, request_id)
+        handle = await generations.start(payload.model, native, request_id, caller=caller)
         label_model(request, payload.model)
         if not payload.stream:
             return Response(await completion_json(handle, request.receive, payload.model))

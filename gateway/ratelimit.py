@@ -1,0 +1,184 @@
+"""Per-key limits that hold exactly across gateway replicas: one atomic Redis script per admission.
+
+Three limits per key, each a sliding window over the last minute (or, for concurrency, the requests
+in flight): requests per minute, tokens per minute and concurrent requests. Tokens are *reserved*
+at admission (prompt tokens + max_tokens, so a stream cannot overdraw) and reconciled with the real
+usage when the request ends (a stream that ends early gives back what it did not use).
+
+Why Lua rather than a library: the three checks and the reservation must succeed or fail together,
+in one step, so N replicas admit exactly the limit, and a reservation must later be resized in
+place. Rate-limit libraries (``limits``, ``aiolimiter``) count one limit per call and have no
+reservation to reconcile; checking them one after another lets replicas race between the checks.
+
+The admission's answer also says when each window next frees (``Retry-After`` and OpenAI's
+``x-ratelimit-*`` headers are computed from it, not guessed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from sluice.errors import bad_input
+from sluice.keys import KeyRecord
+
+WINDOW_MS = 60_000
+
+# KEYS: requests (zset id->time), tokens (zset "id:amount"->time), in flight (zset id->lease end)
+# ARGV: now, window, rpm, tpm, concurrency, id, cost, lease
+_ADMIT = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rpm, tpm, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local id, cost, lease = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local requests = redis.call('ZCARD', KEYS[1])
+local reservations = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local used = 0
+for i = 1, #reservations, 2 do
+  used = used + tonumber(string.match(reservations[i], ':(%d+)$'))
+end
+local function next_request_slot()
+  if requests < rpm then return 0 end
+  local oldest = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now
+end
+local function tokens_free_for(need)
+  local free = tpm - used
+  if need <= free then return 0 end
+  for i = 1, #reservations, 2 do
+    free = free + tonumber(string.match(reservations[i], ':(%d+)$'))
+    if need <= free then return tonumber(reservations[i + 1]) + window - now end
+  end
+  return window
+end
+local in_flight = redis.call('ZCARD', KEYS[3])
+local verdict = 'ok'
+if requests >= rpm then verdict = 'requests'
+elseif used + cost > tpm then verdict = 'tokens'
+elseif in_flight >= conc then verdict = 'concurrency'
+else
+  redis.call('ZADD', KEYS[1], now, id)
+  redis.call('ZADD', KEYS[2], now, id .. ':' .. cost)
+  redis.call('ZADD', KEYS[3], now + lease, id)
+  redis.call('PEXPIRE', KEYS[1], window)
+  redis.call('PEXPIRE', KEYS[2], window)
+  redis.call('PEXPIRE', KEYS[3], lease)
+  requests, used = requests + 1, used + cost
+end
+return {verdict, requests, used, next_request_slot(), tokens_free_for(verdict == 'tokens' and cost or 1)}
+"""
+
+# KEYS: tokens, in flight. ARGV: id, reserved, actual
+_RELEASE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+local reserved = ARGV[1] .. ':' .. ARGV[2]
+local at = redis.call('ZSCORE', KEYS[1], reserved)
+if at then
+  redis.call('ZREM', KEYS[1], reserved)
+  redis.call('ZADD', KEYS[1], at, ARGV[1] .. ':' .. ARGV[3])
+end
+return at and 1 or 0
+"""
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A key's limits and what is left of them, as of one admission."""
+
+    rpm: int
+    tpm: int
+    requests_left: int
+    tokens_left: int
+    #: Seconds until the next request slot / the requested tokens free up (0: now).
+    requests_reset: float
+    tokens_reset: float
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's rate-limit headers (``reset`` as OpenAI writes durations, e.g. ``1.5s``)."""
+        return {
+            "x-ratelimit-limit-requests": str(self.rpm),
+            "x-ratelimit-remaining-requests": str(max(0, self.requests_left)),
+            "x-ratelimit-reset-requests": f"{self.requests_reset:g}s",
+            "x-ratelimit-limit-tokens": str(self.tpm),
+            "x-ratelimit-remaining-tokens": str(max(0, self.tokens_left)),
+            "x-ratelimit-reset-tokens": f"{self.tokens_reset:g}s",
+        }
+
+
+@dataclass(frozen=True)
+class Admission:
+    quota: Quota
+    #: The limit that refused the request (``requests``, ``tokens``, ``concurrency``), if any.
+    refused: str | None = None
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    rpm: int
+    tpm: int
+    concurrency: int
+
+
+def _keys(key: KeyRecord) -> list[str]:
+    # One hash tag per key: the three sets live in one Redis Cluster slot, as a script needs.
+    base = f"sluice:rl:{{{key.id}}}"
+    return [f"{base}:requests", f"{base}:tokens", f"{base}:inflight"]
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, defaults: EffectiveLimits, lease_seconds: float) -> None:
+        self._redis = redis
+        self._defaults = defaults
+        self._lease_ms = int(lease_seconds * 1000) + WINDOW_MS
+        self._admit = redis.register_script(_ADMIT)
+        self._release = redis.register_script(_RELEASE)
+
+    def limits_of(self, key: KeyRecord) -> EffectiveLimits:
+        own, default = key.limits, self._defaults
+        return EffectiveLimits(
+            rpm=own.rpm if own.rpm is not None else default.rpm,
+            tpm=own.tpm if own.tpm is not None else default.tpm,
+            concurrency=own.concurrency if own.concurrency is not None else default.concurrency,
+        )
+
+    async def admit(self, key: KeyRecord, request_id: str, cost: int) -> Admission:
+        """Admit one request costing ``cost`` tokens, or say which limit refuses it and until when."""
+        limits = self.limits_of(key)
+        if cost > limits.tpm:
+            raise bad_input(
+                f"this request may use {cost} tokens (prompt + max_tokens), more than the key's limit of "
+                f"{limits.tpm} tokens per minute: lower max_tokens",
+                param="max_tokens",
+            )
+        now = int(time.time() * 1000)
+        args: list[str | int] = [now, WINDOW_MS, limits.rpm, limits.tpm, limits.concurrency]
+        args += [request_id, cost, self._lease_ms]
+        answer = await cast(Awaitable[list[Any]], self._admit(keys=_keys(key), args=args))
+        verdict, requests, used, request_wait, token_wait = answer
+        quota = Quota(
+            rpm=limits.rpm,
+            tpm=limits.tpm,
+            requests_left=limits.rpm - int(requests),
+            tokens_left=limits.tpm - int(used),
+            requests_reset=round(int(request_wait) / 1000, 3),
+            tokens_reset=round(int(token_wait) / 1000, 3),
+        )
+        reason = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if reason == "ok":
+            return Admission(quota)
+        # A concurrency slot frees when some request ends: no window says when; a second is a guess.
+        wait = {"requests": quota.requests_reset, "tokens": quota.tokens_reset}.get(reason, 1.0)
+        return Admission(quota, refused=reason, retry_after=max(wait, 0.001))
+
+    async def release(self, key: KeyRecord, request_id: str, reserved: int, actual: int) -> None:
+        """The request ended: its slot freed, its reservation resized to what it really used."""
+        keys = _keys(key)
+        args: list[str | int] = [request_id, reserved, min(actual, reserved)]
+        await self._release(keys=[keys[1], keys[2]], args=args)
