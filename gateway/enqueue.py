@@ -8,16 +8,48 @@ MULTI) to refuse a job id it already holds; request ids are fresh uuid4s, which 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio import Redis
 
 from sluice.contract import GENERATE, Job, encode, queue_key, serialize_arq_job
-from sluice.registry import live_workers
+from sluice.registry import live_slots
 
 #: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
 JOB_EXPIRES_MS = 86_400_000
+#: arq keeps a running job in its queue until it ends, so the queue's head holds the running jobs
+#: and the oldest waiting ones: this many of its oldest entries are checked for an in-progress mark.
+HEAD = 512
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A queue's jobs that wait for a worker (not those running), and how long the oldest has."""
+
+    waiting: int
+    running: int
+    oldest_wait: float
+
+
+async def backlog(redis: Redis, queue: str) -> Backlog:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue)
+        pipe.zrange(queue, 0, HEAD - 1, withscores=True)
+        total, head = await pipe.execute()
+    if not head:
+        return Backlog(0, 0, 0.0)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, _ in head:
+            pipe.exists(in_progress_key_prefix + job_id.decode())
+        marks = await pipe.execute()
+    running = sum(marks)
+    waiting = [score for (_, score), mark in zip(head, marks, strict=True) if not mark]
+    # A deferred job's score is in the future: it has not started waiting yet.
+    oldest = max(0.0, time.time() - waiting[0] / 1000) if waiting else 0.0
+    return Backlog(waiting=int(total) - running, running=running, oldest_wait=oldest)
 
 
 class JobQueue:
@@ -36,10 +68,13 @@ class JobQueue:
         """Ask arq to cancel the job: dropped if still queued, cancelled on its worker if running."""
         await self._redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
 
-    async def busy(self, model: str, heartbeat_ttl: float) -> bool:
-        """No worker would start a job now: jobs are already waiting, or no worker is alive.
+    async def backlog(self, model: str) -> Backlog:
+        return await backlog(self._redis, queue_key(model))
 
-        Workers poll every few milliseconds, so a job still queued means every slot is taken.
-        """
-        waiting: int = await self._redis.zcard(queue_key(model))
-        return waiting > 0 or await live_workers(self._redis, heartbeat_ttl) == 0
+    async def busy(self, model: str, heartbeat_ttl: float) -> bool:
+        """No worker would start a job now: jobs are already waiting (workers poll every few
+        milliseconds, so a job still queued means every slot is taken), or every live worker's
+        slots are running jobs, or no worker is alive."""
+        queue = await self.backlog(model)
+        slots = await live_slots(self._redis, heartbeat_ttl, queue_key(model))
+        return queue.waiting > 0 or queue.running >= slots

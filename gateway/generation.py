@@ -76,6 +76,17 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+class Ewma:
+    """An exponentially weighted moving average (of queue waits, here)."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.value: float | None = None
+        self._weight = weight
+
+    def add(self, sample: float) -> None:
+        self.value = sample if self.value is None else self.value + self._weight * (sample - self.value)
+
+
 class GenerationHandle:
     """The events of one queued job. Iterate :meth:`outputs`; ``done`` is set at the end."""
 
@@ -87,7 +98,9 @@ class GenerationHandle:
         timeout: float,
         release: Callable[[int], None] = lambda used: None,
         prompt_tokens: int = 0,
+        observe_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
+        self._observe_wait = observe_wait
         self.job = job
         self.done: Done | None = None
         self._release = release
@@ -225,6 +238,7 @@ class Generations:
         self._gateway_id = gateway_id
         self._limiter = limiter
         self._releases: set[asyncio.Task[None]] = set()
+        self._recent_wait = Ewma()
         self._settings = settings
         self._queue = queue
         self._relay = relay
@@ -278,6 +292,7 @@ class Generations:
         if reject_if_busy and await self._queue.busy(model, self._settings.heartbeat_ttl):
             metrics.REJECTIONS.labels("capacity").inc()
             raise capacity_exceeded()
+        await self._check_backlog(model)
         prompt = prompt_tokens if prompt_tokens is not None else upper_estimate(request)
         release = await self._admit(caller, request_id, prompt + request.max_tokens)
         job = Job(id=request_id, model=model, input=request, gateway=self._gateway_id)
@@ -288,7 +303,21 @@ class Generations:
             subscription.close()
             release(0)
             raise
-        return GenerationHandle(job, subscription, self._abort, self._settings.job_timeout, release, prompt)
+        return GenerationHandle(
+            job, subscription, self._abort, self._settings.job_timeout, release, prompt, self._recent_wait.add
+        )
+
+    async def _check_backlog(self, model: str) -> None:
+        """Refuse (429, 3040) rather than queue work that cannot be served in time."""
+        queue = await self._queue.backlog(model)
+        settings = self._settings
+        if queue.waiting < settings.max_queue_depth and queue.oldest_wait < settings.max_queue_wait:
+            return
+        metrics.REJECTIONS.labels("queue_full").inc()
+        # Little's law: the wait jobs see now is the queue over its drain rate, which is when
+        # the queue will have moved on enough; before any job was seen, the oldest one's wait.
+        estimate = self._recent_wait.value if self._recent_wait.value is not None else queue.oldest_wait
+        raise capacity_exceeded(retry_after=min(60.0, max(1.0, estimate)))
 
     async def _admit(self, caller: Caller, request_id: str, cost: int) -> Callable[[int], None]:
         """The caller's limits decide (raising 429 with when to retry); what is returned gives the

@@ -31,6 +31,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.enqueue import backlog
 from sluice.config import Settings
 from sluice.contract import WORKERS_KEY, decode_worker, worker_key
 
@@ -118,9 +119,9 @@ class _QueueGauges:
             self.workers.labels(info.queue).inc()
             self.slots.labels(info.queue).inc(info.slots)
         for queue in sorted(queues):
-            self.depth.labels(queue).set(await redis.zcard(queue))
-            first = await redis.zrange(queue, 0, 0, withscores=True)
-            self.oldest.labels(queue).set(max(0.0, now - first[0][1] / 1000) if first else 0.0)
+            waiting = await backlog(redis, queue)  # not the running jobs arq keeps in its queue
+            self.depth.labels(queue).set(waiting.waiting)
+            self.oldest.labels(queue).set(waiting.oldest_wait)
 
 
 async def exposition(redis: Redis, heartbeat_ttl: float) -> bytes:

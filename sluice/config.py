@@ -94,6 +94,10 @@ class Settings(Struct, kw_only=True):
     default_rpm: int = 300
     default_tpm: int = 200_000
     default_concurrency: int = 32
+    #: Backpressure: beyond this many jobs waiting in a model's queue, or once its oldest has
+    #: waited this many seconds, requests are refused (429, 3040) rather than queued to time out.
+    max_queue_depth: int = 1000
+    max_queue_wait: float = 30.0
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1_048_576
     log_level: str = "info"

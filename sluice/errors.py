@@ -137,10 +137,15 @@ LIMIT_NAMES = {
 }
 
 
-def capacity_exceeded() -> SluiceError:
-    """``options.rejectIfBusy`` with every worker busy: Workers AI's exact answer."""
+def capacity_exceeded(retry_after: float | None = None) -> SluiceError:
+    """Every worker busy with ``options.rejectIfBusy``, or the queue too deep or too old to serve
+    a new request in time: Workers AI's exact answer."""
     return SluiceError(
-        ErrorCode.CAPACITY, 429, "Capacity temporarily exceeded, please try again.", retryable=True
+        ErrorCode.CAPACITY,
+        429,
+        "Capacity temporarily exceeded, please try again.",
+        retryable=True,
+        retry_after=retry_after,
     )
 
 

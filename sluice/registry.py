@@ -17,7 +17,15 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import WORKERS_KEY, WorkerInfo, encode, gateway_key, running_key, worker_key
+from sluice.contract import (
+    WORKERS_KEY,
+    WorkerInfo,
+    decode_worker,
+    encode,
+    gateway_key,
+    running_key,
+    worker_key,
+)
 
 log = logging.getLogger("sluice.registry")
 
@@ -66,6 +74,16 @@ async def live_workers(redis: Redis, ttl: float) -> int:
     since = int((time.time() - ttl) * 1000)
     count: int = await redis.zcount(WORKERS_KEY, since, "+inf")
     return count
+
+
+async def live_slots(redis: Redis, ttl: float, queue: str) -> int:
+    """Jobs the live workers of ``queue`` can run at once."""
+    since = int((time.time() - ttl) * 1000)
+    ids: list[bytes] = await redis.zrangebyscore(WORKERS_KEY, since, "+inf")
+    if not ids:
+        return 0
+    infos = await redis.mget([worker_key(i.decode()) for i in ids])
+    return sum(info.slots for raw in infos if raw is not None and (info := decode_worker(raw)).queue == queue)
 
 
 async def silent_workers(redis: Redis, ttl: float) -> list[str]:

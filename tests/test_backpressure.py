@@ -1,0 +1,78 @@
+"""Backpressure: a queue too deep is refused at once with Capacity (3040) and a Retry-After,
+rather than queueing work that cannot be served in time; the queue gauges count waiting jobs only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from sluice.redis_server import EmbeddedRedis, free_port
+from tests.conftest import MODEL, start, stop, wait_until_ready
+
+
+@pytest.fixture(scope="module")
+def narrow(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway and a one-slot worker at 20 tokens/s, whose queue takes two waiting jobs."""
+    logs = tmp_path_factory.mktemp("backpressure-logs")
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/6", "SLUICE_PORT": str(port)}
+    env |= {"SLUICE_AUTH": "open", "SLUICE_WORKER_METRICS_PORT": "0", "SLUICE_MAX_QUEUE_DEPTH": "2"}
+    env |= {"SLUICE_WORKER_CONCURRENCY": "1", "SLUICE_SYNTHETIC_TOKENS_PER_SECOND": "20"}
+    env["SLUICE_MODELS"] = json.dumps([{"name": MODEL, "engine": "synthetic", "model": "synthetic"}])
+    processes = [start("worker", env, logs / "worker.log"), start("gateway", env, logs / "gateway.log")]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, processes)
+        yield url
+    finally:
+        for process in processes:
+            stop(process)
+
+
+def run_url(url: str) -> str:
+    return f"{url}/client/v4/accounts/acct/ai/run/{MODEL}"
+
+
+def waiting(url: str) -> float:
+    scrape = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r'^sluice_queue_depth\{queue="[^"]+"\} (\S+)$', scrape, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_full_queue_is_refused_with_capacity_and_a_retry_after(narrow: str) -> None:
+    slow = {"prompt": "Hi", "stream": True, "max_tokens": 60}  # 3 s on the one slot
+    with httpx.Client(timeout=60) as http, ThreadPoolExecutor(2) as pool:
+        with http.stream("POST", run_url(narrow), json=slow) as running:
+            lines = running.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            # Running, not waiting: the gauge and rejectIfBusy tell the two apart.
+            assert waiting(narrow) == 0
+            busy = http.post(run_url(narrow), json={"prompt": "Hi", "options": {"rejectIfBusy": True}})
+            assert busy.status_code == 429
+            assert busy.json()["errors"][0]["code"] == 3040
+            queued = [pool.submit(http.post, run_url(narrow), json={"prompt": "Hi", "max_tokens": 2})]
+            queued.append(pool.submit(http.post, run_url(narrow), json={"prompt": "Hi", "max_tokens": 2}))
+            deadline = time.monotonic() + 10
+            while waiting(narrow) < 2:
+                assert time.monotonic() < deadline, "the two requests never queued"
+                time.sleep(0.02)
+            refused = http.post(run_url(narrow), json={"prompt": "Hi", "max_tokens": 2})
+            assert refused.status_code == 429
+            error = refused.json()["errors"][0]
+            assert (error["code"], error["message"]) == (
+                3040,
+                "AiError: Capacity temporarily exceeded, please try again.",
+            )
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.headers["x-should-retry"] == "true"
+            rest = list(lines)
+        assert any('"usage"' in line for line in rest), "the running stream was not disturbed"
+        assert [f.result(30).status_code for f in queued] == [200, 200], "nothing queued was lost"
+    assert httpx.post(run_url(narrow), json={"prompt": "Hi", "max_tokens": 2}, timeout=30).status_code == 200
