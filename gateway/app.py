@@ -23,6 +23,7 @@ from gateway.enqueue import JobQueue
 from gateway.errors import render
 from gateway.generation import Generations
 from gateway.health import HealthController
+from gateway.inputs import header_limit
 from gateway.metrics import MetricsController, track_requests
 from gateway.native.router import NativeController
 from gateway.openai import CONTROLLERS as OPENAI
@@ -127,7 +128,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers={Exception: render},
         # Logging is set up once by the process (sluice.cli): JSON lines, not Litestar's format.
         logging_config=None,
-        middleware=[track_requests, quota_headers],
+        middleware=[track_requests, header_limit, quota_headers],
         openapi_config=OpenAPIConfig(title="Sluice", version=__version__, path="/docs"),
         request_max_body_size=settings.max_body_bytes,
     )

@@ -61,6 +61,9 @@ def gateway_key(gateway_id: str) -> str:
 # --- The one internal request schema ------------------------------------------------------------
 
 Content = Annotated[str, Meta(max_length=131072)]
+#: Messages in one request: far beyond any real conversation (the context window ends it sooner),
+#: low enough that a hostile body costs little to refuse.
+MAX_MESSAGES = 4096
 JsonObject = dict[str, Any]
 NO_PARAMETERS: JsonObject = {"type": "object", "properties": {}}
 
@@ -160,7 +163,7 @@ class GenerationInput(Struct, omit_defaults=True):
     """The Workers AI text-generation input, Prompt or Messages form, with the seed's bounds."""
 
     prompt: Annotated[str, Meta(min_length=1, max_length=131072)] | None = None
-    messages: Annotated[list[Message], Meta(min_length=1)] | None = None
+    messages: Annotated[list[Message], Meta(min_length=1, max_length=MAX_MESSAGES)] | None = None
     raw: bool = False
     stream: bool = False
     max_tokens: Annotated[int, Meta(ge=1)] = 256

@@ -68,6 +68,12 @@ def too_large(limit: int | None = None) -> SluiceError:
     return SluiceError(ErrorCode.TOO_LARGE, 413, f"Request is too large{detail}")
 
 
+def headers_too_large(limit: int) -> SluiceError:
+    return SluiceError(
+        ErrorCode.TOO_LARGE, 431, f"Request header fields too large: the limit is {limit} bytes"
+    )
+
+
 def method_not_allowed(method: str) -> SluiceError:
     return SluiceError(ErrorCode.METHOD_NOT_ALLOWED, 405, f"{method} not supported for requested URI.")
 

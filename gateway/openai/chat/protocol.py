@@ -8,7 +8,7 @@ import msgspec
 from msgspec import UNSET, Meta
 
 from gateway.openai.sampling import SamplingRequest
-from sluice.contract import JsonObject, Message, Tool, ToolChoice, Usage
+from sluice.contract import MAX_MESSAGES, JsonObject, Message, Tool, ToolChoice, Usage
 
 
 class JsonSchemaFormat(msgspec.Struct):
@@ -30,7 +30,7 @@ class ResponseFormat(msgspec.Struct, omit_defaults=True):
 
 
 class ChatCompletionRequest(SamplingRequest, kw_only=True, forbid_unknown_fields=True):
-    messages: Annotated[list[Message], Meta(min_length=1)]
+    messages: Annotated[list[Message], Meta(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     tools: list[Tool] | None = None
