@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from litestar.types import Receive
 from redis.exceptions import RedisError
@@ -237,18 +238,20 @@ class Generations:
     ) -> None:
         self._gateway_id = gateway_id
         self._limiter = limiter
-        self._releases: set[asyncio.Task[None]] = set()
         self._recent_wait = Ewma()
         self._settings = settings
         self._queue = queue
         self._relay = relay
         self._counter = counter
-        self._aborts: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)  # held until done: the event loop keeps only weak references
+        task.add_done_callback(self._background.discard)
 
     def _abort(self, job_id: str) -> None:
-        task = asyncio.create_task(self._queue.abort(job_id))
-        self._aborts.add(task)  # held until done: the event loop keeps only weak references
-        task.add_done_callback(self._aborts.discard)
+        self._in_background(self._queue.abort(job_id))
 
     async def start(
         self,
@@ -332,8 +335,6 @@ class Generations:
             raise rate_limited(admission.refused, admission.retry_after)
 
         def release(used: int) -> None:
-            task = asyncio.create_task(self._limiter.release(key, request_id, cost, used))
-            self._releases.add(task)  # held until done: the event loop keeps only weak references
-            task.add_done_callback(self._releases.discard)
+            self._in_background(self._limiter.release(key, request_id, cost, used))
 
         return release
