@@ -32,7 +32,7 @@ from gateway.relay import StreamRelay
 from gateway.tokens import PromptCounter
 from sluice import __version__
 from sluice.config import Settings
-from sluice.contract import deserialize_arq_job, serialize_arq_job
+from sluice.contract import deserialize_arq_job, queue_key, serialize_arq_job
 from sluice.keys import KeyStore, load_file
 from sluice.recovery import Recovery
 from sluice.registry import gateway_presence
@@ -75,7 +75,16 @@ def create_app(settings: Settings) -> Litestar:
         ttl = settings.heartbeat_ttl
         background = [
             asyncio.create_task(gateway_presence(redis, gateway_id, ttl)),
-            asyncio.create_task(Recovery(redis, ttl, settings.stream_ttl, observe_recovery).run()),
+            asyncio.create_task(
+                Recovery(
+                    redis,
+                    [queue_key(served.name) for served in settings.models],
+                    heartbeat_ttl=ttl,
+                    stream_ttl=settings.stream_ttl,
+                    job_timeout=settings.job_timeout,
+                    observe=observe_recovery,
+                ).run()
+            ),
         ]
         app.state.redis = redis
         keys = KeyStore(redis, load_file(settings.keys_file) if settings.keys_file else None)

@@ -11,18 +11,16 @@ import time
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
+from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from sluice.contract import GENERATE, Job, encode, queue_key, serialize_arq_job
+from sluice.queues import head
 from sluice.registry import live_slots
 
 #: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
 JOB_EXPIRES_MS = 86_400_000
-#: arq keeps a running job in its queue until it ends, so the queue's head holds the running jobs
-#: and the oldest waiting ones: this many of its oldest entries are checked for an in-progress mark.
-HEAD = 512
 
 
 @dataclass(frozen=True)
@@ -35,21 +33,12 @@ class Backlog:
 
 
 async def backlog(redis: Redis, queue: str) -> Backlog:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(queue)
-        pipe.zrange(queue, 0, HEAD - 1, withscores=True)
-        total, head = await pipe.execute()
-    if not head:
-        return Backlog(0, 0, 0.0)
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id, _ in head:
-            pipe.exists(in_progress_key_prefix + job_id.decode())
-        marks = await pipe.execute()
-    running = sum(marks)
-    waiting = [score for (_, score), mark in zip(head, marks, strict=True) if not mark]
+    total, entries = await head(redis, queue)
+    running = sum(entry.running for entry in entries)
+    waiting = [entry.score for entry in entries if not entry.running]
     # A deferred job's score is in the future: it has not started waiting yet.
     oldest = max(0.0, time.time() - waiting[0] / 1000) if waiting else 0.0
-    return Backlog(waiting=int(total) - running, running=running, oldest_wait=oldest)
+    return Backlog(waiting=total - running, running=running, oldest_wait=oldest)
 
 
 class JobQueue:

@@ -11,6 +11,9 @@ running is
   first attempt's text with the new one);
 - ended with a retryable error event, and dropped, when part of a stream was already sent: the
   client is told at once, rather than shown the answer twice.
+
+A worker killed in the round trip between arq claiming a job and the worker recording it leaves a
+claim no live worker records: such claims older than a TTL are recovered the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, cast
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
@@ -27,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import (
+    WORKERS_KEY,
     Delta,
     ToolCalls,
     decode_event,
@@ -39,6 +43,7 @@ from sluice.contract import (
 )
 from sluice.errors import interrupted
 from sluice.events import append, failed
+from sluice.queues import head
 from sluice.registry import claim, silent_workers
 
 log = logging.getLogger("sluice.recovery")
@@ -80,6 +85,22 @@ async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[
     return actions
 
 
+async def unrecorded_claims(redis: Redis, queue: str, claim_ms: int, grace_ms: int) -> list[str]:
+    """Jobs of ``queue`` claimed by arq more than ``grace_ms`` ago that no live worker records.
+
+    ``claim_ms`` is the in-progress mark's full lifetime (job timeout + 10 s), so its age is
+    ``claim_ms - ttl left``."""
+    _, entries = await head(redis, queue)
+    old = [e.job_id for e in entries if e.running and claim_ms - e.claim_ttl_ms > grace_ms]
+    if not old:
+        return []
+    # Generous: a worker recorded a job if any worker does (live or not yet recovered).
+    workers: list[bytes] = await redis.zrange(WORKERS_KEY, 0, -1)
+    keys = [running_key(w.decode()) for w in workers]
+    recorded = await cast(Awaitable[set[bytes]], redis.sunion(keys)) if keys else set()
+    return [job_id for job_id in old if job_id.encode() not in recorded]
+
+
 class Recovery:
     """Looks for silent workers every third of the TTL and recovers their jobs.
 
@@ -90,11 +111,16 @@ class Recovery:
     def __init__(
         self,
         redis: Redis,
+        queues: Sequence[str],
+        *,
         heartbeat_ttl: float,
         stream_ttl: int,
+        job_timeout: float,
         observe: Callable[[Action], None] = lambda action: None,
     ) -> None:
         self._redis = redis
+        self._queues = list(queues)
+        self._claim_ms = int((job_timeout + 10) * 1000)  # arq's in-progress lifetime
         self._observe = observe
         self._ttl = heartbeat_ttl
         self._stream_ttl = stream_ttl
@@ -110,10 +136,14 @@ class Recovery:
             if now - self._reachable_since < self._ttl:
                 return actions
             for worker_id in silent:
-                recovered = await recover_worker(self._redis, worker_id, self._stream_ttl)
-                for action in recovered.values():
-                    self._observe(action)
-                actions |= recovered
+                actions |= await recover_worker(self._redis, worker_id, self._stream_ttl)
+            grace_ms = int(self._ttl * 2000)
+            for queue in self._queues:
+                for job_id in await unrecorded_claims(self._redis, queue, self._claim_ms, grace_ms):
+                    actions[job_id] = await recover_job(self._redis, job_id, self._stream_ttl)
+                    log.warning("job %s: its worker died as it took it up: %s", job_id, actions[job_id])
+            for action in actions.values():
+                self._observe(action)
         except (RedisError, OSError) as exc:
             self._reachable_since = None
             log.warning("recovery sweep skipped (Redis unavailable): %s", exc)

@@ -76,13 +76,18 @@ async def live_workers(redis: Redis, ttl: float) -> int:
     return count
 
 
-async def live_slots(redis: Redis, ttl: float, queue: str) -> int:
-    """Jobs the live workers of ``queue`` can run at once."""
+async def live_worker_ids(redis: Redis, ttl: float) -> list[str]:
     since = int((time.time() - ttl) * 1000)
     ids: list[bytes] = await redis.zrangebyscore(WORKERS_KEY, since, "+inf")
+    return [worker_id.decode() for worker_id in ids]
+
+
+async def live_slots(redis: Redis, ttl: float, queue: str) -> int:
+    """Jobs the live workers of ``queue`` can run at once."""
+    ids = await live_worker_ids(redis, ttl)
     if not ids:
         return 0
-    infos = await redis.mget([worker_key(i.decode()) for i in ids])
+    infos = await redis.mget([worker_key(i) for i in ids])
     return sum(info.slots for raw in infos if raw is not None and (info := decode_worker(raw)).queue == queue)
 
 

@@ -243,3 +243,19 @@ def test_a_stream_rides_out_a_redis_restart(site: Site) -> None:
     assert len("".join(texts).split()) == 60, "every token, once"
     assert rest[-1]["usage"]["completion_tokens"] == 60  # type: ignore[index]
     assert ask(site).status_code == 200
+
+
+def test_a_job_whose_worker_died_as_it_took_it_up_runs_again(site: Site) -> None:
+    site.gateway()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(ask, site)
+        queue = f"sluice:queue:{MODEL}"
+        until(lambda: site.redis_client().zcard(queue) == 1, message="not queued")
+        (job_id,) = [m.decode() for m in site.redis_client().zrange(queue, 0, -1)]  # type: ignore[union-attr]
+        # As arq leaves a job whose worker is killed between claiming it and recording it: marked
+        # in progress (5 s ago, of a 610 s mark) and in no worker's running set.
+        site.redis_client().psetex(f"arq:in-progress:{job_id}", 605_000, b"1")
+        site.worker()
+        answer = waiting.result(60)
+    assert answer.status_code == 200
+    assert ask(site).status_code == 200

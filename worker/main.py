@@ -130,9 +130,11 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     beating = asyncio.create_task(heartbeat(pool, info, settings.heartbeat_ttl))
     recovery = Recovery(
         pool,
-        settings.heartbeat_ttl,
-        settings.stream_ttl,
-        lambda action: metrics.RECOVERED.labels(action).inc(),
+        [queue],
+        heartbeat_ttl=settings.heartbeat_ttl,
+        stream_ttl=settings.stream_ttl,
+        job_timeout=settings.job_timeout,
+        observe=lambda action: metrics.RECOVERED.labels(action).inc(),
     )
     background = [asyncio.create_task(recovery.run()), asyncio.create_task(inflight.watch())]
     running = asyncio.create_task(_poll_queue(worker))
