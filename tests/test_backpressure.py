@@ -7,12 +7,14 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from redis import Redis
 
+from sluice.contract import events_key, queue_key
 from sluice.redis_server import EmbeddedRedis, free_port
 from tests.conftest import MODEL, start, stop, wait_until_ready
 
@@ -76,3 +78,36 @@ def test_a_full_queue_is_refused_with_capacity_and_a_retry_after(narrow: str) ->
         assert any('"usage"' in line for line in rest), "the running stream was not disturbed"
         assert [f.result(30).status_code for f in queued] == [200, 200], "nothing queued was lost"
     assert httpx.post(run_url(narrow), json={"prompt": "Hi", "max_tokens": 2}, timeout=30).status_code == 200
+
+
+def test_a_queued_job_whose_client_leaves_is_never_run(narrow: str, redis_server: EmbeddedRedis) -> None:
+    redis = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/6")
+    queue = queue_key(MODEL)
+    slow = {"prompt": "Hi", "stream": True, "max_tokens": 40}  # 2 s on the one slot
+    with (
+        httpx.Client(timeout=60) as http,
+        ThreadPoolExecutor(1) as pool,
+        http.stream("POST", run_url(narrow), json=slow) as running,
+    ):
+        lines = running.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        before = set(redis.zrange(queue, 0, -1))  # type: ignore[arg-type]
+        impatient = pool.submit(httpx.post, run_url(narrow), json={"prompt": "Hi"}, timeout=1.0)
+        until(lambda: len(set(redis.zrange(queue, 0, -1)) - before) == 1)  # type: ignore[arg-type]
+        (job,) = [j.decode() for j in set(redis.zrange(queue, 0, -1)) - before]  # type: ignore[arg-type]
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.result()  # the client leaves while its job waits behind the running one
+        until(lambda: redis.zscore("arq:abort", job) is not None)  # the gateway asked arq to drop it
+        rest = list(lines)  # the running stream ends; the slot frees
+    assert any('"usage"' in line for line in rest)
+    assert httpx.post(run_url(narrow), json={"prompt": "Hi", "max_tokens": 2}, timeout=30).status_code == 200
+    until(lambda: not redis.zscore(queue, job))  # dropped from the queue...
+    assert not redis.exists(events_key(job)), "...without ever starting"
+    redis.close()
+
+
+def until(condition: Callable[[], object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
