@@ -121,7 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             MetricsController,
-            Router("/", route_handlers=[NativeController], guards=[authenticate]),
+            NativeController,  # guarded itself: every API route needs a key unless the deployment is open
             Router("/v1", route_handlers=OPENAI, guards=[authenticate]),
             Router(
                 "/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI, guards=[authenticate]

@@ -60,6 +60,16 @@ class JobQueue:
     async def backlog(self, model: str) -> Backlog:
         return await backlog(self._redis, queue_key(model))
 
+    async def surely_within(self, model: str, depth: int, max_wait: float) -> bool:
+        """One round trip that settles the common case: fewer entries than ``depth`` in all, and
+        the oldest (running or not) younger than ``max_wait``, so no limit can be passed."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(queue_key(model))
+            pipe.zrange(queue_key(model), 0, 0, withscores=True)
+            total, oldest = await pipe.execute()
+        age = time.time() - oldest[0][1] / 1000 if oldest else 0.0
+        return int(total) < depth and age < max_wait
+
     async def busy(self, model: str, heartbeat_ttl: float) -> bool:
         """No worker would start a job now: jobs are already waiting (workers poll every few
         milliseconds, so a job still queued means every slot is taken), or every live worker's

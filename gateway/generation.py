@@ -144,9 +144,9 @@ class GenerationHandle:
                 elif isinstance(event, Failed):
                     raise error_from(event)
                 elif event.attempt == 1:
-                    metrics.QUEUE_WAIT.labels(self.job.model).observe(
-                        max(0.0, event.at - self.job.enqueued_at)
-                    )
+                    waited = max(0.0, event.at - self.job.enqueued_at)
+                    metrics.QUEUE_WAIT.labels(self.job.model).observe(waited)
+                    self._observe_wait(waited)
                 else:
                     log.info("job %s restarted (attempt %d)", self.id, event.attempt)
                     yield event
@@ -312,8 +312,10 @@ class Generations:
 
     async def _check_backlog(self, model: str) -> None:
         """Refuse (429, 3040) rather than queue work that cannot be served in time."""
-        queue = await self._queue.backlog(model)
         settings = self._settings
+        if await self._queue.surely_within(model, settings.max_queue_depth, settings.max_queue_wait):
+            return
+        queue = await self._queue.backlog(model)
         if queue.waiting < settings.max_queue_depth and queue.oldest_wait < settings.max_queue_wait:
             return
         metrics.REJECTIONS.labels("queue_full").inc()

@@ -117,7 +117,8 @@ class _QueueGauges:
             info = decode_worker(raw)
             queues.add(info.queue)
             self.workers.labels(info.queue).inc()
-            self.slots.labels(info.queue).inc(info.slots)
+            if not info.draining:  # a stopping worker's slots take no new job
+                self.slots.labels(info.queue).inc(info.slots)
         for queue in sorted(queues):
             waiting = await backlog(redis, queue)  # not the running jobs arq keeps in its queue
             self.depth.labels(queue).set(waiting.waiting)

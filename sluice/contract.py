@@ -288,6 +288,8 @@ class WorkerInfo(Struct):
     queue: str
     slots: int
     started_at: float
+    #: Stopping: it finishes what it runs but takes no more jobs (its slots are not free).
+    draining: bool = False
 
 
 # --- Codec ----------------------------------------------------------------------------------

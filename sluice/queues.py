@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-#: How many of a queue's oldest entries are read.
-HEAD = 512
+#: How many of a queue's oldest entries are read at a time, and at most (past them, every entry
+#: counts as waiting): enough for thousands of running jobs ahead of the first waiting one.
+PAGE = 512
+MAX_PAGES = 8
 
 
 @dataclass(frozen=True)
@@ -31,18 +33,23 @@ class Entry:
 
 
 async def head(redis: Redis, queue: str) -> tuple[int, list[Entry]]:
-    """The queue's length and its oldest :data:`HEAD` entries."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(queue)
-        pipe.zrange(queue, 0, HEAD - 1, withscores=True)
-        total, entries = await pipe.execute()
-    if not entries:
-        return int(total), []
-    ids = [job_id.decode() for job_id, _ in entries]
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.pttl(in_progress_key_prefix + job_id)
-        ttls = await pipe.execute()
-    return int(total), [
-        Entry(job_id, score, int(ttl)) for job_id, (_, score), ttl in zip(ids, entries, ttls, strict=True)
-    ]
+    """The queue's length and its oldest entries: pages of :data:`PAGE` until one holds a waiting
+    job (or :data:`MAX_PAGES` were read)."""
+    total = 0
+    read: list[Entry] = []
+    for page in range(MAX_PAGES):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(queue)
+            pipe.zrange(queue, page * PAGE, (page + 1) * PAGE - 1, withscores=True)
+            total, entries = await pipe.execute()
+        if not entries:
+            break
+        ids = [job_id.decode() for job_id, _ in entries]
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.pttl(in_progress_key_prefix + job_id)
+            ttls = await pipe.execute()
+        read += [Entry(i, score, int(ttl)) for i, (_, score), ttl in zip(ids, entries, ttls, strict=True)]
+        if len(entries) < PAGE or not all(entry.running for entry in read[-len(entries) :]):
+            break
+    return int(total), read

@@ -140,6 +140,10 @@ class Recovery:
             grace_ms = int(self._ttl * 2000)
             for queue in self._queues:
                 for job_id in await unrecorded_claims(self._redis, queue, self._claim_ms, grace_ms):
+                    # Every process sweeps: one takes each job, or a second could release the
+                    # claim of the worker that took the job up again after the first.
+                    if not await self._redis.set(f"sluice:recovering:{job_id}", b"1", nx=True, ex=60):
+                        continue
                     actions[job_id] = await recover_job(self._redis, job_id, self._stream_ttl)
                     log.warning("job %s: its worker died as it took it up: %s", job_id, actions[job_id])
             for action in actions.values():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -51,12 +52,12 @@ async def beat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
         raise Evicted(f"worker {info.id} was silent for over {ttl:.0f}s and its jobs were recovered")
 
 
-async def heartbeat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
-    """Refresh the advertisement three times per TTL until cancelled; Redis being away is
-    waited out, :class:`Evicted` is raised."""
+async def heartbeat(redis: Redis, info: Callable[[], WorkerInfo], ttl: float) -> None:
+    """Refresh the advertisement (as ``info`` gives it now) three times per TTL until cancelled;
+    Redis being away is waited out, :class:`Evicted` is raised."""
     while True:
         try:
-            await beat(redis, info, ttl)
+            await beat(redis, info(), ttl)
         except (RedisError, OSError) as exc:
             log.warning("heartbeat not written (Redis unavailable): %s", exc)
         await asyncio.sleep(ttl / 3)
@@ -87,8 +88,8 @@ async def live_slots(redis: Redis, ttl: float, queue: str) -> int:
     ids = await live_worker_ids(redis, ttl)
     if not ids:
         return 0
-    infos = await redis.mget([worker_key(i) for i in ids])
-    return sum(info.slots for raw in infos if raw is not None and (info := decode_worker(raw)).queue == queue)
+    adverts = [decode_worker(raw) for raw in await redis.mget([worker_key(i) for i in ids]) if raw]
+    return sum(info.slots for info in adverts if info.queue == queue and not info.draining)
 
 
 async def silent_workers(redis: Redis, ttl: float) -> list[str]:

@@ -97,8 +97,6 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     try:
         outcome = await _run(deps, job, attempt)
     finally:
-        with contextlib.suppress(RedisError, OSError):  # Redis away: recovery sorts it out later
-            await deps.inflight.end(job.id)
         seconds = time.perf_counter() - started
         metrics.RUNNING.labels(job.model).dec()
         metrics.JOBS.labels(job.model, outcome).inc()
@@ -106,6 +104,10 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
         # The job id is the gateway's request id: one id across the response, the stream and logs.
         context = {"request_id": job.id, "model": job.model, "attempt": attempt}
         log.info("job ended", extra={**context, "outcome": outcome, "duration_ms": round(seconds * 1000, 2)})
+        # Last, and bounded: Redis away (recovery sorts it out later) must not hold the slot.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await deps.inflight.end(job.id)
 
 
 async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:

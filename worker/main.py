@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import NoReturn
 
+import msgspec
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func
@@ -127,7 +128,8 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     )
 
     serve_metrics(settings.host, settings.worker_metrics_port)
-    beating = asyncio.create_task(heartbeat(pool, info, settings.heartbeat_ttl))
+    advert = info
+    beating = asyncio.create_task(heartbeat(pool, lambda: advert, settings.heartbeat_ttl))
     recovery = Recovery(
         pool,
         [queue],
@@ -148,16 +150,23 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         log.error("worker %s stops taking jobs: its engine failed: %s", worker_id, failing.result())
 
     # Stop taking jobs, let in-flight ones finish, then hand back what is left (arq re-queues it).
+    # Heartbeats go on meanwhile (as draining: no free slots), so recovery still sees this worker
+    # alive and its jobs as its own; it leaves the registry only once it holds no job.
     worker.allow_pick_jobs = False
-    with contextlib.suppress(RedisError, OSError):
-        await deregister(pool, worker_id)
+    advert = msgspec.structs.replace(info, draining=True)
     in_flight = [t for t in worker.tasks.values() if not t.done()]
     if in_flight:
         log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
         await asyncio.wait(in_flight, timeout=settings.shutdown_grace)
     for task in (beating, stopping, failing, *background):
         task.cancel()
-    await worker.close()  # cancels what is left and closes the pool
+    leftover = [t for t in worker.tasks.values() if not t.done()]
+    for task in leftover:
+        task.cancel()  # arq hands each back to the queue (attempt + 1)
+    await asyncio.gather(*leftover, return_exceptions=True)
+    with contextlib.suppress(RedisError, OSError):
+        await deregister(pool, worker_id)
+    await worker.close()  # closes the pool
     with contextlib.suppress(asyncio.CancelledError):
         await running
     log.info("worker %s stopped", worker_id)

@@ -234,6 +234,9 @@ class SGLangEngine:
             put(bad_input(exc.message) if exc.status < 500 else unavailable(f"SGLang answered {exc}"))
         except SGLangUnavailable as exc:
             put(unavailable(f"The engine is unavailable: {exc}"))
+        except Exception as exc:  # a bad frame, a template error: this request fails, not the worker
+            log.exception("generation %s failed", rid)
+            put(internal(type(exc).__name__))
 
     async def close(self) -> None:
         for task in [*self._watchers, *self._tasks]:
