@@ -161,9 +161,11 @@ def test_a_gateway_killed_mid_stream_has_its_job_aborted(site: Site) -> None:
     site.worker()
     body = {"prompt": "Hello there", "stream": True, "max_tokens": 2000}  # 100 s of tokens
     with httpx.stream("POST", site.native_url, json=body, timeout=60) as response:
-        next(frames(response))
+        received = frames(response)  # held: a dropped iterator would close the connection
+        next(received)
         (job_id,) = running_jobs(site)
         doomed.kill()
+        del received
     until(lambda: not running_jobs(site), message="the orphaned job kept running")
     assert not site.redis_client().exists(f"arq:job:{job_id}")
     site.gateway()  # a new gateway serves at once
