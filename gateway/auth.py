@@ -49,7 +49,7 @@ class Authenticator:
             return cached[0]
         try:
             async with asyncio.timeout(3.0):
-                record = await self._store.find(token)
+                record = await self._store.find(digest)
         except (RedisError, OSError, TimeoutError) as exc:
             raise queue_unavailable() from exc
         if len(self._cache) >= _CACHE_LIMIT:

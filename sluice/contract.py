@@ -53,6 +53,16 @@ def running_key(worker_id: str) -> str:
     return f"sluice:running:{worker_id}"
 
 
+def tombstone_key(worker_id: str) -> str:
+    """Left by recovery when it takes a silent worker's jobs: the worker, if only stalled, exits."""
+    return f"sluice:evicted:{worker_id}"
+
+
+def recovering_key(job_id: str) -> str:
+    """Held briefly by the one process that recovers a job whose worker died as it took it up."""
+    return f"sluice:recovering:{job_id}"
+
+
 def gateway_key(gateway_id: str) -> str:
     """Present while a gateway process is alive (refreshed, expiring): the reader of its jobs."""
     return f"sluice:gateway:{gateway_id}"

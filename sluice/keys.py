@@ -89,8 +89,8 @@ class KeyStore:
             Awaitable[int], self._redis.hset(KEYS_KEY, mapping={record.hash: msgspec.json.encode(record)})
         )
 
-    async def find(self, key: str) -> KeyRecord | None:
-        digest = hash_key(key)
+    async def find(self, digest: str) -> KeyRecord | None:
+        """The record of the key whose :func:`hash_key` is ``digest``."""
         if digest in self._file:
             return self._file[digest]
         raw = await cast(Awaitable[bytes | None], self._redis.hget(KEYS_KEY, digest))

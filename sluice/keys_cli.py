@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from rich.console import Console
@@ -12,12 +14,24 @@ from rich.table import Table
 from sluice.config import Settings
 from sluice.keys import KeyRecord, KeyStore, Limits, append_to_file, load_file, new_key
 
+T = TypeVar("T")
 
-def _store(settings: Settings) -> KeyStore:
+
+def _on_store(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
+    """Run ``work`` on the key store, its Redis connection closed after."""
     if not settings.redis_url:
         raise SystemExit("sluice keys: set REDIS_URL or --redis-url (or use --file)")
+    url = settings.redis_url
     file_records = load_file(settings.keys_file) if settings.keys_file else None
-    return KeyStore(Redis.from_url(settings.redis_url), file_records)
+
+    async def run() -> T:
+        redis = Redis.from_url(url)
+        try:
+            return await work(KeyStore(redis, file_records))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
 
 
 def count_keys(settings: Settings) -> int:
@@ -25,7 +39,7 @@ def count_keys(settings: Settings) -> int:
     in_file = len(load_file(settings.keys_file)) if settings.keys_file else 0
     if not settings.redis_url:
         return in_file
-    return len(asyncio.run(_store(settings).all()))
+    return len(_on_store(settings, KeyStore.all))
 
 
 def _table(records: list[KeyRecord]) -> Table:
@@ -50,16 +64,16 @@ def run_keys(settings: Settings, args: argparse.Namespace) -> int:
         if file:
             append_to_file(file, record)
         else:
-            asyncio.run(_store(settings).add(record))
+            _on_store(settings, lambda store: store.add(record))
         where = file or "Redis"
         console.print(f"created {record.id} for account {record.account!r} in {where}; the key, shown once:")
         print(key)
         return 0
     if args.keys_command == "list":
-        records = list(load_file(file).values()) if file else asyncio.run(_store(settings).all())
+        records = list(load_file(file).values()) if file else _on_store(settings, KeyStore.all)
         console.print(_table(records))
         return 0
-    if not asyncio.run(_store(settings).revoke(args.key_id)):
+    if not _on_store(settings, lambda store: store.revoke(args.key_id)):
         console.print(f"no key {args.key_id} in Redis (keys in a file are revoked by editing the file)")
         return 1
     console.print(f"revoked {args.key_id}; gateways stop accepting it within seconds")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, cast
 
@@ -38,13 +37,14 @@ from sluice.contract import (
     deserialize_arq_job,
     events_key,
     queue_key,
+    recovering_key,
     running_key,
     worker_key,
 )
 from sluice.errors import interrupted
 from sluice.events import append, failed
 from sluice.queues import head
-from sluice.registry import claim, silent_workers
+from sluice.registry import Steady, claim, silent_workers
 
 log = logging.getLogger("sluice.recovery")
 
@@ -124,16 +124,13 @@ class Recovery:
         self._observe = observe
         self._ttl = heartbeat_ttl
         self._stream_ttl = stream_ttl
-        self._reachable_since: float | None = None
+        self._steady = Steady(heartbeat_ttl)
 
     async def sweep(self) -> dict[str, Action]:
         actions: dict[str, Action] = {}
         try:
             silent = await silent_workers(self._redis, self._ttl)
-            now = time.monotonic()
-            if self._reachable_since is None:
-                self._reachable_since = now
-            if now - self._reachable_since < self._ttl:
+            if not self._steady.reached():
                 return actions
             for worker_id in silent:
                 actions |= await recover_worker(self._redis, worker_id, self._stream_ttl)
@@ -142,14 +139,14 @@ class Recovery:
                 for job_id in await unrecorded_claims(self._redis, queue, self._claim_ms, grace_ms):
                     # Every process sweeps: one takes each job, or a second could release the
                     # claim of the worker that took the job up again after the first.
-                    if not await self._redis.set(f"sluice:recovering:{job_id}", b"1", nx=True, ex=60):
+                    if not await self._redis.set(recovering_key(job_id), b"1", nx=True, ex=60):
                         continue
                     actions[job_id] = await recover_job(self._redis, job_id, self._stream_ttl)
                     log.warning("job %s: its worker died as it took it up: %s", job_id, actions[job_id])
             for action in actions.values():
                 self._observe(action)
         except (RedisError, OSError) as exc:
-            self._reachable_since = None
+            self._steady.lost()
             log.warning("recovery sweep skipped (Redis unavailable): %s", exc)
         return actions
 

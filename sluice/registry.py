@@ -25,6 +25,7 @@ from sluice.contract import (
     encode,
     gateway_key,
     running_key,
+    tombstone_key,
     worker_key,
 )
 
@@ -34,19 +35,34 @@ log = logging.getLogger("sluice.registry")
 TOMBSTONE_SECONDS = 3600
 
 
-def _tombstone(worker_id: str) -> str:
-    return f"sluice:evicted:{worker_id}"
-
-
 class Evicted(Exception):
     """This worker was silent past the TTL and its jobs were recovered elsewhere."""
+
+
+class Steady:
+    """Whether Redis has been reachable for a whole TTL, as this process saw it. Silence is only
+    judged then: after an outage (or restart) every heartbeat and presence key is stale, and the
+    live processes need a TTL to renew theirs."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._since: float | None = None
+
+    def reached(self) -> bool:
+        """Redis answered just now; ``True`` once it has for a whole TTL."""
+        now = time.monotonic()
+        self._since = self._since if self._since is not None else now
+        return now - self._since >= self._ttl
+
+    def lost(self) -> None:
+        self._since = None
 
 
 async def beat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zadd(WORKERS_KEY, {info.id: int(time.time() * 1000)})
         pipe.set(worker_key(info.id), encode(info), px=int(ttl * 1000))
-        pipe.exists(_tombstone(info.id))
+        pipe.exists(tombstone_key(info.id))
         *_, evicted = await pipe.execute()
     if evicted:
         raise Evicted(f"worker {info.id} was silent for over {ttl:.0f}s and its jobs were recovered")
@@ -103,7 +119,7 @@ async def claim(redis: Redis, worker_id: str) -> bool:
     """Take a silent worker over; exactly one caller gets ``True`` for each."""
     if not await redis.zrem(WORKERS_KEY, worker_id):
         return False
-    await redis.set(_tombstone(worker_id), b"1", ex=TOMBSTONE_SECONDS)
+    await redis.set(tombstone_key(worker_id), b"1", ex=TOMBSTONE_SECONDS)
     return True
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from sluice.config import ServedModel
+from sluice.config import ServedModel, load_settings
 from sluice.contract import Delta, Done, GenerationInput, Message, ResponseFormat
 from sluice.errors import ErrorCode, SluiceError
 from tests.conftest import SGLangDouble, start_double, stop
@@ -26,7 +26,10 @@ STORY = "Once upon a time, a small fox found a lantern that glowed whenever some
 
 
 def engine_for(url: str, **options: Any) -> SGLangEngine:
-    return SGLangEngine(SERVED, SGLangOptions(url=url, probe_interval=0.1, **options), max_streams=32)
+    settings = load_settings(
+        environ={}, overrides={"sglang_url": url, "engine_probe_interval": 0.1, **options}
+    )
+    return SGLangEngine(SERVED, SGLangOptions.of(settings), max_streams=32)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +238,7 @@ async def test_sglang_going_away_mid_stream_is_an_error_and_fails_the_engine(mod
 
 async def test_start_waits_for_sglang_to_be_ready(model_dir: Path) -> None:
     double = start_double(model_dir, "--unready-for", "60")
-    engine = engine_for(double.url, ready_timeout=0.5)
+    engine = engine_for(double.url, sglang_ready_timeout=0.5)
     try:
         with pytest.raises(EngineFailed, match="not ready within"):
             await engine.start()

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import Job, gateway_key, running_key
+from sluice.registry import Steady
 
 log = logging.getLogger("sluice.worker.inflight")
 
@@ -62,17 +63,16 @@ class InFlight:
     async def watch(self) -> None:
         """Abort orphaned jobs, every third of the TTL, until cancelled; but only once Redis has
         been reachable for a whole TTL, so that gateways can renew presence lost in an outage."""
-        reachable_since: float | None = None
+        steady = Steady(self._ttl)
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
                 orphans = await self.orphans()
-                reachable_since = reachable_since or time.monotonic()
-                if orphans and time.monotonic() - reachable_since >= self._ttl:
+                if steady.reached() and orphans:
                     log.info("aborting %d jobs whose gateway is gone", len(orphans))
                     now = int(time.time() * 1000)
                     await self._redis.zadd(abort_jobs_ss, dict.fromkeys(orphans, now))
                     self._readers.update(dict.fromkeys(orphans, ""))  # asked once is enough
             except (RedisError, OSError) as exc:
-                reachable_since = None
+                steady.lost()
                 log.warning("orphan check skipped (Redis unavailable): %s", exc)

@@ -22,14 +22,6 @@ def create_engine(served: ServedModel, settings: Settings, concurrency: int | No
         from worker.engines.sglang import SGLangEngine
         from worker.engines.sglang.engine import SGLangOptions
 
-        options = SGLangOptions(
-            url=settings.sglang_url or None,
-            port=settings.sglang_port,
-            server_args=settings.sglang_args,
-            tokenizer=settings.tokenizer,
-            ready_timeout=settings.sglang_ready_timeout,
-            probe_interval=settings.engine_probe_interval,
-        )
         streams = concurrency or SGLangEngine.default_concurrency
-        return SGLangEngine(served, options, max_streams=streams)
+        return SGLangEngine(served, SGLangOptions.of(settings), max_streams=streams)
     raise ValueError(f"engine {served.engine!r} is not available in this build")

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.config import ServedModel
+from sluice.config import ServedModel, Settings
 from sluice.contract import Delta, Done, FinishReason, Usage
 from sluice.errors import ErrorCode, SluiceError, bad_input, check_context_window, internal, unavailable
 from worker.engines.base import EngineFailed, EngineRequest, Generation, Output
@@ -31,21 +31,29 @@ log = logging.getLogger("sluice.worker.sglang")
 
 @dataclass(frozen=True)
 class SGLangOptions:
-    """How the worker reaches SGLang: ``url`` of a server beside it, else one it starts."""
+    """How the worker reaches SGLang: ``url`` of a server beside it, else one it starts on
+    ``port``. The settings (``sluice/config.py``) hold what each means and its default."""
 
-    url: str | None = None
-    #: Where a server the worker starts listens.
-    port: int = 30000
-    #: Flags passed through to ``sglang.launch_server``.
-    server_args: tuple[str, ...] = ()
-    #: The tokenizer's folder or hub id (default: the one the server reports).
-    tokenizer: str | None = None
-    #: Seconds to wait for the model to load before giving up.
-    ready_timeout: float = 1800.0
-    #: Seconds between health checks; three failures in a row mean SGLang is gone.
-    probe_interval: float = 5.0
+    url: str | None
+    port: int
+    server_args: tuple[str, ...]
+    tokenizer: str | None
+    ready_timeout: float
+    #: Three failed health checks in a row mean SGLang is gone.
+    probe_interval: float
     #: Seconds SGLang gets to stop before it is killed.
     stop_grace: float = 30.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> SGLangOptions:
+        return cls(
+            url=settings.sglang_url or None,
+            port=settings.sglang_port,
+            server_args=settings.sglang_args,
+            tokenizer=settings.tokenizer,
+            ready_timeout=settings.sglang_ready_timeout,
+            probe_interval=settings.engine_probe_interval,
+        )
 
 
 def load_tokenizer(path: str) -> Any:

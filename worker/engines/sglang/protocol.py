@@ -50,17 +50,14 @@ class Finish(Struct, kw_only=True):
 
     type: Literal["stop", "length", "abort"] | str
     matched: int | str | None = None
-    length: int | None = None
     message: str = ""
     status_code: int | None = None
 
 
 class MetaInfo(Struct, kw_only=True):
-    id: str = ""
     finish_reason: Finish | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
 
 
 class ErrorBody(Struct):
@@ -81,7 +78,6 @@ class ServerInfo(Struct, kw_only=True):
     model_path: str
     tokenizer_path: str | None = None
     incremental_streaming_output: bool = False
-    context_length: int | None = None
     version: str = ""
 
 

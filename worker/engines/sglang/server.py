@@ -58,10 +58,6 @@ class SGLangServer:
             *self.command, start_new_session=True, preexec_fn=_die_with_parent
         )
 
-    @property
-    def returncode(self) -> int | None:
-        return None if self._process is None else self._process.returncode
-
     async def wait(self) -> int:
         """Until the server exits; its exit status."""
         assert self._process is not None
