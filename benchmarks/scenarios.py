@@ -227,7 +227,7 @@ async def _pickups(redis_url: str, rate: float, count: int) -> list[float]:
             model=MODEL,
             input=GenerationInput(prompt="x", raw=True, max_tokens=1),
         )
-        await queue.submit(job)
+        await queue.submit(job, account="bench", cost=1)
         last = b"0-0"
         while True:
             reply = await reader.xread({events_key(job.id): last}, block=5000, count=10)

@@ -295,13 +295,15 @@ class Generations:
         if reject_if_busy and await self._queue.busy(model, self._settings.heartbeat_ttl):
             metrics.REJECTIONS.labels("capacity").inc()
             raise capacity_exceeded()
-        await self._check_backlog(model)
+        account = caller.account or ""  # an open deployment: one account, plain arrival order
+        await self._check_backlog(model, account)
         prompt = prompt_tokens if prompt_tokens is not None else upper_estimate(request)
-        release = await self._admit(caller, request_id, prompt + request.max_tokens)
+        cost = prompt + request.max_tokens
+        release = await self._admit(caller, request_id, cost)
         job = Job(id=request_id, model=model, input=request, gateway=self._gateway_id)
         subscription = self._relay.subscribe(job.id)
         try:
-            await self._queue.submit(job)
+            await self._queue.submit(job, account=account, cost=cost)
         except BaseException:
             subscription.close()
             release(0)
@@ -310,12 +312,12 @@ class Generations:
             job, subscription, self._abort, self._settings.job_timeout, release, prompt, self._recent_wait.add
         )
 
-    async def _check_backlog(self, model: str) -> None:
-        """Refuse (429, 3040) rather than queue work that cannot be served in time."""
+    async def _check_backlog(self, model: str, account: str) -> None:
+        """Refuse (429, 3040) rather than queue work that cannot be served in time: too many jobs,
+        or too old a one, ahead of where the account's job would go. In fair-share order that
+        refuses a flooding account, not the others queueing beside it."""
         settings = self._settings
-        if await self._queue.surely_within(model, settings.max_queue_depth, settings.max_queue_wait):
-            return
-        queue = await self._queue.backlog(model)
+        queue = await self._queue.backlog(model, account)
         if queue.waiting < settings.max_queue_depth and queue.oldest_wait < settings.max_queue_wait:
             return
         metrics.REJECTIONS.labels("queue_full").inc()

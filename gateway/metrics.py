@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -31,9 +30,10 @@ from prometheus_client import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.enqueue import backlog
 from sluice.config import Settings
 from sluice.contract import WORKERS_KEY, decode_worker, worker_key
+from sluice.fairqueue import FairQueue
+from sluice.ids import new_id
 
 #: Milliseconds matter for queue wait, first token and the gaps between tokens.
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -119,8 +119,9 @@ class _QueueGauges:
             self.workers.labels(info.queue).inc()
             if not info.draining:  # a stopping worker's slots take no new job
                 self.slots.labels(info.queue).inc(info.slots)
+        fair = FairQueue(redis)
         for queue in sorted(queues):
-            waiting = await backlog(redis, queue)  # not the running jobs arq keeps in its queue
+            waiting = await fair.backlog(queue)  # not the running jobs arq keeps in its queue
             self.depth.labels(queue).set(waiting.waiting)
             self.oldest.labels(queue).set(waiting.oldest_wait)
 
@@ -148,7 +149,7 @@ def track_requests(app: ASGIApp) -> ASGIApp:
         api = api_of(scope["path"])
         status = 500
         start = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = new_id()  # time-ordered: a queued job's wait is read off it
         scope.setdefault("state", {})[REQUEST_ID_STATE] = request_id
 
         async def observe(message: Message) -> None:
@@ -194,7 +195,7 @@ access_log = logging.getLogger("sluice.gateway.access")
 
 
 def request_id_of(request: Request[Any, Any, Any]) -> str:
-    return str(request.scope.get("state", {}).get(REQUEST_ID_STATE) or uuid.uuid4().hex)
+    return str(request.scope.get("state", {}).get(REQUEST_ID_STATE) or new_id())
 
 
 def label_model(request: Request[Any, Any, Any], model: str) -> None:

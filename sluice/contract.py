@@ -63,6 +63,16 @@ def recovering_key(job_id: str) -> str:
     return f"sluice:recovering:{job_id}"
 
 
+def fair_tags_key(queue: str) -> str:
+    """Sorted set: account -> the virtual time its next job starts at (``sluice/fairqueue.py``)."""
+    return f"sluice:fair:tags:{queue}"
+
+
+def fair_clock_key(queue: str) -> str:
+    """A queue's virtual clock: the tag of the latest job a worker started (one member, ``v``)."""
+    return f"sluice:fair:clock:{queue}"
+
+
 def gateway_key(gateway_id: str) -> str:
     """Present while a gateway process is alive (refreshed, expiring): the reader of its jobs."""
     return f"sluice:gateway:{gateway_id}"

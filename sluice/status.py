@@ -19,6 +19,8 @@ from rich.table import Table
 
 from sluice.config import Settings
 from sluice.contract import WORKERS_KEY, decode_worker, queue_key, worker_key
+from sluice.fairqueue import OLDEST_AMONG
+from sluice.ids import issued_at
 
 
 @dataclass
@@ -89,8 +91,10 @@ def _queues_table(client: redis.Redis, settings: Settings) -> Table:
     now = time.time()
     for served in settings.models:
         queue = queue_key(served.name)
-        first = cast(list[tuple[bytes, float]], client.zrange(queue, 0, 0, withscores=True))
-        oldest = f"{now - first[0][1] / 1000:.1f}s" if first else "-"
+        # Scores are fair-share tags, not arrivals; a request id tells its arrival.
+        first = cast(list[bytes], client.zrange(queue, 0, OLDEST_AMONG - 1))
+        arrivals = [t for t in (issued_at(job_id.decode()) for job_id in first) if t is not None]
+        oldest = f"{now - min(arrivals):.1f}s" if arrivals else "-"
         table.add_row(served.name, str(client.zcard(queue)), oldest)
     return table
 

@@ -1,0 +1,146 @@
+"""Fair share at dispatch: start-time fair queuing (Goyal et al., 1996) on arq's queue.
+
+arq runs a queue's jobs in the order of their scores. Scored by arrival, one account's flood
+would sit ahead of everyone who comes after it. Instead each job is scored with a *tag* in a
+virtual time: an account's job starts where its previous one finished, or just past the queue's
+clock if that is later (``tag = max(clock + 1 token, finish[account])``), and moves the account's
+finish on by its cost (``finish[account] = tag + cost``). The clock is the tag of the latest job a
+worker started (before any, the first arrival). An idle account's first job therefore lands at
+the front of what waits, and a busy one's jobs interleave with everyone else's instead of
+blocking them: each account gets its share of the workers, whatever its backlog. Waiting jobs
+are those tagged above the clock, so a queue's depth is one ``ZCOUNT``.
+
+Tags are milliseconds that begin at the first job's arrival and then advance by served cost
+only, so they stay in the past: every job stays due for arq. A job's cost is its token
+reservation (prompt + max_tokens), so shares are shares of the tokens served, as rate limits are.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from sluice.contract import fair_clock_key, fair_tags_key
+from sluice.ids import issued_at
+
+#: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
+#: tokens) spans seconds of tags, far less than the time its jobs take to serve, so tags never
+#: move into the future and defer a job; and each token is still several float steps at
+#: epoch-millisecond magnitudes, so every job moves its account's tag.
+MS_PER_TOKEN = 0.001
+#: Idle this long, a queue's tags and clock are forgotten; they start again from the next arrival.
+STATE_TTL_MS = 86_400_000
+_CLOCK = "v"
+#: How many of the jobs next in line are read for the oldest one's wait. Each account's oldest
+#: waiting job is its lowest-tagged, near the clock, so these hold the oldest of up to as many
+#: accounts.
+OLDEST_AMONG = 64
+
+# KEYS: queue, job key, tags, clock.  ARGV: job id, job data, job data TTL (ms), account, cost
+# (tokens), now (ms), MS_PER_TOKEN, STATE_TTL_MS.  Returns the job's tag.
+# Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
+_ENQUEUE = """
+local clock = redis.call('ZSCORE', KEYS[4], 'v')
+if not clock then
+  clock = ARGV[6]
+  redis.call('ZADD', KEYS[4], clock, 'v')
+end
+redis.call('PEXPIRE', KEYS[4], ARGV[8])
+local step = tonumber(ARGV[7])
+local tag = math.max(tonumber(clock) + step, tonumber(redis.call('ZSCORE', KEYS[3], ARGV[4]) or 0))
+local finish = tag + tonumber(ARGV[5]) * step
+redis.call('ZADD', KEYS[3], string.format('%.17g', finish), ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[8])
+redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[1], string.format('%.17g', tag), ARGV[1])
+return string.format('%.17g', tag)
+"""
+
+# Jobs tagged at or below the clock have started (workers take them in tag order): arq keeps
+# running jobs in its queue until they end. Those above it wait. (A job handed back or recovered
+# waits below the clock; it is next to run, and counted as running until it does.)
+# KEYS: queue, tags, clock.  ARGV: account ('' for the whole queue), now (ms), OLDEST_AMONG,
+# MS_PER_TOKEN.
+# Returns: running, waiting (ahead of the account's next job), the ids of the first of those.
+_BACKLOG = """
+local clock = redis.call('ZSCORE', KEYS[3], 'v')
+local low, running = '-inf', 0
+if clock then
+  low, running = '(' .. clock, redis.call('ZCOUNT', KEYS[1], '-inf', clock)
+end
+local high = '+inf'
+if ARGV[1] ~= '' then
+  local start = tonumber(clock or ARGV[2]) + tonumber(ARGV[4])
+  start = math.max(start, tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0))
+  high = '(' .. string.format('%.17g', start)
+end
+local waiting = redis.call('ZCOUNT', KEYS[1], low, high)
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], low, high, 'LIMIT', 0, ARGV[3])
+return {running, waiting, first}
+"""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Jobs running, and waiting (all, or those ahead of one account's next job) with the
+    longest wait among them."""
+
+    running: int
+    waiting: int
+    oldest_wait: float
+
+
+class FairQueue:
+    """The gateway's side: tag jobs as they are enqueued, and tell where an account's next would go."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._backlog = redis.register_script(_BACKLOG)
+
+    async def enqueue(
+        self,
+        queue: str,
+        job_id: str,
+        job_key: str,
+        data: bytes,
+        *,
+        expires_ms: int,
+        account: str,
+        cost: int,
+        now_ms: int,
+    ) -> float:
+        """Store the job's data and queue it at its account's tag, atomically; returns the tag."""
+        keys = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
+        args: list[bytes | str | int | float]
+        args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS]
+        return float(await self._enqueue(keys=keys, args=args))
+
+    async def backlog(self, queue: str, account: str | None = None) -> Backlog:
+        """The queue as a new job of ``account`` would find it (``None``: the whole queue)."""
+        now = time.time()
+        keys = [queue, fair_tags_key(queue), fair_clock_key(queue)]
+        args: list[str | int | float] = [account or "", int(now * 1000), OLDEST_AMONG, MS_PER_TOKEN]
+        running, waiting, first = await self._backlog(keys=keys, args=args)
+        # A job whose id tells no arrival (not a request's) has not waited, as far as is known.
+        arrivals = [t for t in (issued_at(job_id.decode()) for job_id in first) if t is not None]
+        return Backlog(int(running), int(waiting), max(0.0, now - min(arrivals)) if arrivals else 0.0)
+
+
+# KEYS: queue, clock.  ARGV: job id, STATE_TTL_MS.  (arq hands a job its tag rounded down to
+# the millisecond; the clock must be exact, or a started job would still count as waiting.)
+_ADVANCE = """
+local tag = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if tag then
+  redis.call('ZADD', KEYS[2], 'GT', tag, 'v')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+"""
+
+
+def advance_clock(pipe: Pipeline, queue: str, job_id: str) -> None:
+    """The worker's side, as it starts a job: the queue's clock moves up to the job's tag."""
+    pipe.eval(_ADVANCE, 2, queue, fair_clock_key(queue), job_id, str(STATE_TTL_MS))

@@ -1,0 +1,85 @@
+"""Fair-share order on a real Redis: one account's flood does not hold back another's jobs, and
+the backlog an account is measured against is what waits ahead of its own next job."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import cast
+
+import pytest
+from redis.asyncio import Redis
+
+from sluice.fairqueue import FairQueue, advance_clock
+from sluice.ids import new_id
+from sluice.redis_server import EmbeddedRedis
+
+QUEUE = "sluice:queue:fair-test"
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+async def enqueue(fair: FairQueue, account: str, cost: int = 100) -> str:
+    job_id = new_id()
+    now_ms = int(time.time() * 1000)
+    await fair.enqueue(
+        QUEUE, job_id, f"job:{job_id}", b"{}", expires_ms=60_000, account=account, cost=cost, now_ms=now_ms
+    )
+    return job_id
+
+
+async def start_next(redis: Redis) -> str:
+    """What a worker does: take the lowest-scored job not yet started, and move the clock to it."""
+    started: set[bytes] = await cast(Awaitable[set[bytes]], redis.smembers("started"))
+    queued: list[bytes] = await redis.zrange(QUEUE, 0, -1)
+    job_id = next(j.decode() for j in queued if j not in started)
+    async with redis.pipeline(transaction=False) as pipe:
+        advance_clock(pipe, QUEUE, job_id)
+        pipe.sadd("started", job_id)
+        await pipe.execute()
+    return job_id
+
+
+async def test_a_newcomer_runs_next_not_after_a_flood(redis: Redis) -> None:
+    fair = FairQueue(redis)
+    flood = [await enqueue(fair, "flooder") for _ in range(40)]
+    first = await start_next(redis)
+    assert first == flood[0]
+    quiet = await enqueue(fair, "quiet")
+    assert await start_next(redis) == quiet, "the quiet account's job waited behind the flood"
+    # Both keep sending: their jobs alternate rather than one account's running first.
+    more_quiet = [await enqueue(fair, "quiet") for _ in range(3)]
+    order = [await start_next(redis) for _ in range(6)]
+    assert [job in more_quiet for job in order] == [False, True, False, True, False, True]
+
+
+async def test_shares_follow_tokens_not_requests(redis: Redis) -> None:
+    fair = FairQueue(redis)
+    big = [await enqueue(fair, "big", cost=300) for _ in range(4)]
+    small = [await enqueue(fair, "small", cost=100) for _ in range(12)]
+    order = [await start_next(redis) for _ in range(16)]
+    # Per 300 tokens served to each: one big job for every three small ones.
+    assert sum(job in big for job in order[:8]) == 2
+    assert set(order) == set(big) | set(small)
+
+
+async def test_the_backlog_is_what_waits_ahead_of_the_accounts_next_job(redis: Redis) -> None:
+    fair = FairQueue(redis)
+    for _ in range(30):
+        await enqueue(fair, "flooder")
+    await start_next(redis)
+    await start_next(redis)
+    whole, flooder, quiet = await asyncio.gather(
+        fair.backlog(QUEUE), fair.backlog(QUEUE, "flooder"), fair.backlog(QUEUE, "quiet")
+    )
+    assert (whole.running, whole.waiting) == (2, 28)
+    assert flooder.waiting == 28, "all of the flooder's own backlog is ahead of its next job"
+    assert quiet.waiting == 0, "nothing is ahead of an idle account's next job"
+    assert 0 <= whole.oldest_wait < 5
