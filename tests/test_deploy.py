@@ -513,6 +513,10 @@ def test_compose_runs_the_whole_stack(compose: Obj) -> None:
     assert all(path.exists() for path in mounted.values()), mounted
     assert mounted["/etc/prometheus/rules.yml"] == ROOT / "deploy/prometheus/rules.yml"
     assert mounted["/var/lib/grafana/dashboards/sluice"] == ROOT / "deploy/grafana/dashboards"
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert datasources["datasources"][0]["url"].split("//")[1].split(":")[0] in services
     worker_grace = int(services["worker"]["stop_grace_period"].rstrip("s"))
     assert worker_grace > Settings().shutdown_grace
 
