@@ -21,7 +21,7 @@ from gateway.auth import Authenticator, authenticate
 from gateway.caller import caller_of, quota_headers
 from gateway.enqueue import JobQueue
 from gateway.errors import render
-from gateway.generation import Generations
+from gateway.generation import REDIS_TIMEOUT, Generations
 from gateway.health import HealthController
 from gateway.inputs import header_limit
 from gateway.metrics import MetricsController, track_requests
@@ -62,6 +62,8 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def services(app: Litestar) -> AsyncIterator[None]:
+        # First, before anything is started that would need stopping: a bad keys file stops here.
+        file_keys = load_file(settings.keys_file) if settings.keys_file else None
         redis = await create_pool(
             RedisSettings.from_dsn(redis_url),
             job_serializer=serialize_arq_job,
@@ -87,19 +89,21 @@ def create_app(settings: Settings) -> Litestar:
             ),
         ]
         app.state.redis = redis
-        keys = KeyStore(redis, load_file(settings.keys_file) if settings.keys_file else None)
+        keys = KeyStore(redis, file_keys)
         app.state.authenticator = Authenticator(keys, open_access=settings.auth == "open")
         await _announce_access(settings, keys)
         defaults = EffectiveLimits(settings.default_rpm, settings.default_tpm, settings.default_concurrency)
         limiter = RateLimiter(redis, defaults, lease_seconds=settings.job_timeout)
-        counter = PromptCounter(redis)
-        app.state.generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter)
+        counter = PromptCounter(redis, REDIS_TIMEOUT)
+        generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter)
+        app.state.generations = generations
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
+            await generations.settle()  # token reservations handed back, aborts sent
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

@@ -49,7 +49,7 @@ from sluice.errors import (
 
 log = logging.getLogger("sluice.gateway")
 
-#: Seconds a request may spend on Redis before queueing (token count, busy check, enqueue).
+#: Seconds a request may spend on Redis before queueing (tokenizer fetch, busy check, enqueue).
 REDIS_TIMEOUT = 3.0
 
 
@@ -250,6 +250,11 @@ class Generations:
         self._background.add(task)  # held until done: the event loop keeps only weak references
         task.add_done_callback(self._background.discard)
 
+    async def settle(self) -> None:
+        """Let the writes still in the background (releases, aborts) land, within the Redis bound."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=REDIS_TIMEOUT)
+
     def _abort(self, job_id: str) -> None:
         self._in_background(self._queue.abort(job_id))
 
@@ -268,9 +273,14 @@ class Generations:
             # No adapter registry yet: every name is unknown, and saying so beats ignoring it.
             raise bad_input(f"lora: no LoRA adapter named {request.lora!r} exists", param="lora")
         try:
+            # The tokenizer's fetch is bounded inside; its first parse (seconds, for a large one)
+            # is not, so it cannot pass for an unreachable Redis.
+            prompt_tokens = await self._counter.count(model, request)
             # Bounded: a Redis that accepts connections but never answers must not hang clients.
             async with asyncio.timeout(REDIS_TIMEOUT):
-                return await self._queue_job(served, request, request_id, caller, reject_if_busy)
+                return await self._queue_job(
+                    served, request, prompt_tokens, request_id, caller, reject_if_busy
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.REJECTIONS.labels("redis_unavailable").inc()
             log.warning("request %s refused: Redis unavailable: %r", request_id, exc)
@@ -280,12 +290,12 @@ class Generations:
         self,
         served: ServedModel,
         request: GenerationInput,
+        prompt_tokens: int | None,
         request_id: str,
         caller: Caller,
         reject_if_busy: bool,
     ) -> GenerationHandle:
         model = served.name
-        prompt_tokens = await self._counter.count(model, request)
         if prompt_tokens is not None:
             try:
                 check_context_window(prompt_tokens, request.max_tokens, served.context_window)

@@ -9,12 +9,15 @@ exact templated prompt again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from redis.asyncio import Redis
 from tokenizers import Tokenizer
 
 from sluice.contract import GenerationInput, tokenizer_key
+
+log = logging.getLogger("sluice.gateway.tokens")
 
 #: Texts longer than this are tokenized off the event loop.
 _INLINE_CHARS = 4096
@@ -35,21 +38,36 @@ def upper_estimate(request: GenerationInput) -> int:
 
 
 class PromptCounter:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, redis_timeout: float) -> None:
         self._redis = redis
+        self._redis_timeout = redis_timeout
         self._tokenizers: dict[str, Tokenizer] = {}
+        self._parsing: dict[str, asyncio.Task[Tokenizer]] = {}
         self._missing_since: dict[str, float] = {}
 
     async def _tokenizer(self, model: str) -> Tokenizer | None:
         if model in self._tokenizers:
             return self._tokenizers[model]
-        if time.monotonic() - self._missing_since.get(model, -_RETRY) < _RETRY:
+        if model not in self._parsing:
+            if time.monotonic() - self._missing_since.get(model, -_RETRY) < _RETRY:
+                return None
+            async with asyncio.timeout(self._redis_timeout):  # Redis is bounded; parsing is not
+                raw: bytes | None = await self._redis.get(tokenizer_key(model))
+            if raw is None:
+                self._missing_since[model] = time.monotonic()
+                return None
+            if model not in self._parsing:  # a large tokenizer.json takes seconds: parsed once
+                parse = asyncio.to_thread(Tokenizer.from_str, raw.decode())
+                self._parsing[model] = asyncio.create_task(parse)
+        parsing = self._parsing[model]
+        try:
+            tokenizer = await asyncio.shield(parsing)
+        except Exception:  # not a tokenizer after all: count without it, try again later
+            log.exception("the tokenizer published for %s does not load", model)
+            if self._parsing.get(model) is parsing:
+                del self._parsing[model]
+                self._missing_since[model] = time.monotonic()
             return None
-        raw: bytes | None = await self._redis.get(tokenizer_key(model))
-        if raw is None:
-            self._missing_since[model] = time.monotonic()
-            return None
-        tokenizer = await asyncio.to_thread(Tokenizer.from_str, raw.decode())
         self._tokenizers[model] = tokenizer
         return tokenizer
 
