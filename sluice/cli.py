@@ -130,7 +130,8 @@ def run_gateway(settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's own lines go through the process's (JSON) handler too
         access_log=False,  # gateway/metrics.py writes one richer line per request
-        timeout_graceful_shutdown=10,
+        # Streams still open get this long after SIGTERM (the same grace a worker drains for).
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
     uvicorn.Server(config).run()
 

@@ -72,7 +72,8 @@ class Settings(Struct, kw_only=True):
     #: Jobs one worker runs at once (default: the engine's, 16 on CPU, 256 on SGLang); the
     #: engine batches them into shared forward passes.
     worker_concurrency: int | None = None
-    #: Seconds in-flight jobs get to finish after SIGTERM before they are handed back.
+    #: Seconds in-flight jobs get to finish after SIGTERM before they are handed back (worker), and
+    #: open streams before they are cut (gateway).
     shutdown_grace: float = 10.0
     #: arq's queue poll interval in seconds (arq's own default, 0.5 s, would dominate TTFT).
     poll_delay: float = 0.002

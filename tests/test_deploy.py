@@ -268,6 +268,13 @@ def test_gateway_is_probed_on_readyz_and_healthz_and_scaled(overlay: str) -> Non
     assert one(objects, "PodDisruptionBudget", "sluice-gateway")["spec"]["selector"][
         "matchLabels"
     ].items() <= (gateway["spec"]["template"]["metadata"]["labels"].items())
+    # Open streams get SLUICE_SHUTDOWN_GRACE after SIGTERM, which comes after the preStop sleep.
+    settings = load_settings(environ=config_data(objects, gateway))
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert (
+        gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        > pre_stop + settings.shutdown_grace
+    )
 
 
 @needs_kubectl
