@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -106,12 +107,21 @@ def test_keys_are_listed_by_id_and_revoked(keyed: Keyed) -> None:
     assert ask(keyed.run_url(1), key).status_code == 401
 
 
+def rejected(keyed: Keyed, reason: str) -> float:
+    """``sluice_rejections_total`` for ``reason``, summed over both gateways' /metrics."""
+    pattern = re.compile(rf'^sluice_rejections_total\{{reason="{reason}"\}} (\S+)$', re.MULTILINE)
+    scrapes = [httpx.get(f"{url}/metrics", timeout=10).text for url in keyed.urls]
+    return sum(float(m.group(1)) for s in scrapes if (m := pattern.search(s)))
+
+
 def test_requests_per_minute_hold_exactly_across_two_gateways(keyed: Keyed) -> None:
     key = keyed.new_key("--rpm", "10")
+    before = rejected(keyed, "rate_requests")
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: ask(keyed.run_url(i % 2), key), range(20)))
     statuses = sorted(a.status_code for a in answers)
     assert statuses == [200] * 10 + [429] * 10, "exactly the limit, not twice it"
+    assert rejected(keyed, "rate_requests") - before == 10, "each refusal is counted, by its reason"
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.json()["errors"][0]["code"] == 3021
     assert 1 <= int(refused.headers["retry-after"]) <= 60
