@@ -27,7 +27,10 @@ class HealthController(Controller):
     async def healthz(self) -> Health:
         return Health(status="ok")
 
-    @get("/readyz", summary="Redis answers and at least one worker is alive")
+    # Ready means this gateway can take requests: Redis answers. Live workers are reported, not
+    # required: with none (all still loading their model, say) requests queue or get Sluice's own
+    # errors, which beats every gateway leaving its Service and clients being refused a connection.
+    @get("/readyz", summary="Redis answers (the body counts the live workers)")
     async def readyz(
         self, redis: NamedDependency[ArqRedis], settings: NamedDependency[Settings]
     ) -> Response[Health]:
@@ -37,8 +40,4 @@ class HealthController(Controller):
                 workers = await live_workers(redis, settings.heartbeat_ttl)
         except (RedisError, OSError, TimeoutError):
             return Response(Health(status="unavailable", redis=False, workers=0), status_code=503)
-        ready = workers > 0
-        return Response(
-            Health(status="ok" if ready else "no workers", redis=True, workers=workers),
-            status_code=200 if ready else 503,
-        )
+        return Response(Health(status="ok" if workers else "no workers", redis=True, workers=workers))

@@ -153,17 +153,17 @@ def wait_ready(
     timeout: float = 300,
     stopped: Callable[[], bool] = lambda: False,
 ) -> bool:
-    """Whether the gateway at ``url`` answered ``/readyz`` with 200 before ``timeout`` seconds,
-    while none of ``children`` exited (and nobody asked to stop)."""
+    """Whether the gateway at ``url`` answered ``/readyz`` with 200 and a live worker before
+    ``timeout`` seconds, while none of ``children`` exited (and nobody asked to stop)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stopped() or any(child.poll() is not None for child in children):
             return False
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
-                if response.status == 200:
+                if response.status == 200 and json.load(response).get("workers"):
                     return True
-        except OSError:  # not listening yet, or 503 until a worker is alive
+        except (OSError, ValueError):  # not listening yet, or 503 while Redis is away
             pass
         time.sleep(0.1)
     return False

@@ -24,7 +24,7 @@ ENV PATH=/opt/sluice/bin:$PATH \
     SLUICE_PORT=8080
 USER 10001:10001
 EXPOSE 8080
-# /healthz, not /readyz: a gateway with no worker yet is alive, only not ready (the orchestrator decides).
+# /healthz, not /readyz: a gateway whose Redis is away is alive, only not ready (the orchestrator decides).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 ENTRYPOINT ["sluice"]
