@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -31,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.config import Settings
-from sluice.contract import WORKERS_KEY, decode_worker, worker_key
+from sluice.contract import WORKERS_KEY, decode_worker, queue_key, worker_key
 from sluice.fairqueue import FairQueue
 from sluice.ids import new_id
 
@@ -83,14 +84,14 @@ def api_of(path: str) -> str:
     return "other"
 
 
-async def _queue_gauges(redis: Redis, heartbeat_ttl: float) -> CollectorRegistry:
+async def _queue_gauges(redis: Redis, heartbeat_ttl: float, queues: Sequence[str]) -> CollectorRegistry:
     """Queue depth, oldest job age, live workers and their slots, read from Redis at scrape time;
     ``sluice_redis_up`` says whether Redis answered (the scrape itself succeeds either way)."""
     registry = CollectorRegistry()
     redis_up = Gauge("sluice_redis_up", "Whether Redis answered this scrape", registry=registry)
     queue_gauges = _QueueGauges(registry)
     try:
-        await queue_gauges.read(redis, heartbeat_ttl)
+        await queue_gauges.read(redis, heartbeat_ttl, queues)
     except (RedisError, OSError):
         return registry
     redis_up.set(1)
@@ -107,10 +108,15 @@ class _QueueGauges:
         self.workers = gauge("sluice_live_workers", "Workers with a fresh heartbeat")
         self.slots = gauge("sluice_worker_slots", "Jobs the live workers can run at once")
 
-    async def read(self, redis: Redis, heartbeat_ttl: float) -> None:
+    async def read(self, redis: Redis, heartbeat_ttl: float, served: Sequence[str]) -> None:
         now = time.time()
         ids = await redis.zrangebyscore(WORKERS_KEY, int((now - heartbeat_ttl) * 1000), "+inf")
-        queues: set[str] = set()
+        # A served model's queue is reported with no worker too: its depth is what an autoscaler
+        # needs to start the first one.
+        queues = set(served)
+        for queue in queues:
+            self.workers.labels(queue)
+            self.slots.labels(queue)
         for raw in await redis.mget([worker_key(i.decode()) for i in ids]) if ids else []:
             if raw is None:
                 continue
@@ -126,9 +132,9 @@ class _QueueGauges:
             self.oldest.labels(queue).set(waiting.oldest_wait)
 
 
-async def exposition(redis: Redis, heartbeat_ttl: float) -> bytes:
+async def exposition(redis: Redis, heartbeat_ttl: float, queues: Sequence[str] = ()) -> bytes:
     """The ``/metrics`` body: this process's metrics (or all processes', in multiprocess mode)
-    and the queue gauges."""
+    and the gauges of ``queues`` and of every queue a live worker serves."""
 
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
@@ -136,7 +142,7 @@ async def exposition(redis: Redis, heartbeat_ttl: float) -> bytes:
         own = generate_latest(registry)
     else:
         own = generate_latest()
-    return own + generate_latest(await _queue_gauges(redis, heartbeat_ttl))
+    return own + generate_latest(await _queue_gauges(redis, heartbeat_ttl, queues))
 
 
 def track_requests(app: ASGIApp) -> ASGIApp:
@@ -208,4 +214,4 @@ class MetricsController(Controller):
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
     async def metrics(self, redis: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> bytes:
-        return await exposition(redis, settings.heartbeat_ttl)
+        return await exposition(redis, settings.heartbeat_ttl, [queue_key(m.name) for m in settings.models])

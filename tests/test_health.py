@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from sluice.contract import queue_key
 from sluice.redis_server import EmbeddedRedis, free_port
 from tests.conftest import MODEL, start, stop, wait_for_http
 
@@ -39,3 +40,11 @@ def test_a_gateway_without_workers_is_ready_and_says_it_has_none(lone_gateway: s
     busy = httpx.post(f"{lone_gateway}/client/v4/accounts/acct/ai/run/{MODEL}", json=body, timeout=10)
     assert busy.status_code == 429, "no worker slot is free: said at once, in the API's envelope"
     assert busy.json()["errors"][0]["code"] == 3040
+
+
+def test_a_served_queue_without_workers_is_still_measured(lone_gateway: str) -> None:
+    """An autoscaler starting the first worker needs the queue's depth before any worker exists."""
+    scrape = httpx.get(f"{lone_gateway}/metrics", timeout=10).text
+    queue = queue_key(MODEL)
+    for gauge in ("sluice_queue_depth", "sluice_live_workers", "sluice_worker_slots"):
+        assert f'{gauge}{{queue="{queue}"}} 0.0' in scrape
