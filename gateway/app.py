@@ -21,6 +21,7 @@ from gateway.auth import Authenticator, authenticate
 from gateway.caller import caller_of, quota_headers
 from gateway.enqueue import JobQueue
 from gateway.errors import render
+from gateway.finetunes.router import FinetuneAssetsController, FinetunesController
 from gateway.generation import REDIS_TIMEOUT, Generations
 from gateway.health import HealthController
 from gateway.inputs import header_limit
@@ -31,6 +32,7 @@ from gateway.ratelimit import EffectiveLimits, RateLimiter
 from gateway.relay import StreamRelay
 from gateway.tokens import PromptCounter
 from sluice import __version__
+from sluice.adapters import AdapterStore
 from sluice.config import Settings
 from sluice.contract import deserialize_arq_job, queue_key, serialize_arq_job
 from sluice.keys import KeyStore, load_file
@@ -95,7 +97,15 @@ def create_app(settings: Settings) -> Litestar:
         defaults = EffectiveLimits(settings.default_rpm, settings.default_tpm, settings.default_concurrency)
         limiter = RateLimiter(redis, defaults, lease_seconds=settings.job_timeout)
         counter = PromptCounter(redis, REDIS_TIMEOUT)
-        generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter)
+        adapters = AdapterStore(
+            redis,
+            settings.adapters_path(),
+            base_models=[served.name for served in settings.models],
+            max_rank=settings.max_lora_rank,
+            max_bytes=settings.max_adapter_bytes,
+        )
+        app.state.adapters = adapters
+        generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter, adapters)
         app.state.generations = generations
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
         gc.collect()
@@ -118,6 +128,10 @@ def create_app(settings: Settings) -> Litestar:
         generations: Generations = state.generations
         return generations
 
+    def provide_adapters(state: State) -> AdapterStore:
+        adapters: AdapterStore = state.adapters
+        return adapters
+
     def provide_settings() -> Settings:
         return settings
 
@@ -126,6 +140,13 @@ def create_app(settings: Settings) -> Litestar:
             HealthController,
             MetricsController,
             NativeController,  # guarded itself: every API route needs a key unless the deployment is open
+            FinetunesController,
+            # Adapter files are far larger than requests: their own limit (plus the form's framing).
+            Router(
+                "/",
+                route_handlers=[FinetuneAssetsController],
+                request_max_body_size=settings.max_adapter_bytes + 65_536,
+            ),
             Router("/v1", route_handlers=OPENAI, guards=[authenticate]),
             Router(
                 "/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI, guards=[authenticate]
@@ -135,6 +156,7 @@ def create_app(settings: Settings) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
             "redis": Provide(provide_redis, sync_to_thread=False),
             "generations": Provide(provide_generations, sync_to_thread=False),
+            "adapters": Provide(provide_adapters, sync_to_thread=False),
             "caller": Provide(caller_of, sync_to_thread=False),
         },
         lifespan=[services],

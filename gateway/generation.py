@@ -21,6 +21,7 @@ from gateway.enqueue import JobQueue
 from gateway.ratelimit import RateLimiter
 from gateway.relay import StreamRelay, Subscription
 from gateway.tokens import PromptCounter, upper_estimate
+from sluice.adapters import AdapterStore, finetune_missing_files
 from sluice.config import ServedModel, Settings
 from sluice.contract import (
     Delta,
@@ -235,7 +236,9 @@ class Generations:
         counter: PromptCounter,
         gateway_id: str,
         limiter: RateLimiter,
+        adapters: AdapterStore | None = None,
     ) -> None:
+        self._adapters = adapters
         self._gateway_id = gateway_id
         self._limiter = limiter
         self._recent_wait = Ewma()
@@ -270,8 +273,7 @@ class Generations:
         """Queue one generation; every check that can fail without a worker fails here, first."""
         served = self._settings.served(model)  # 5007 for a model this deployment does not serve
         if request.lora:
-            # No adapter registry yet: every name is unknown, and saying so beats ignoring it.
-            raise bad_input(f"lora: no LoRA adapter named {request.lora!r} exists", param="lora")
+            await self._check_lora(request.lora, caller)
         try:
             # The tokenizer's fetch is bounded inside; its first parse (seconds, for a large one)
             # is not, so it cannot pass for an unreachable Redis.
@@ -285,6 +287,25 @@ class Generations:
             metrics.REJECTIONS.labels("redis_unavailable").inc()
             log.warning("request %s refused: Redis unavailable: %r", request_id, exc)
             raise queue_unavailable() from exc
+
+    async def _check_lora(self, ref: str, caller: Caller) -> None:
+        """Refuse the adapter: unknown (or another account's), incomplete, or not applied yet."""
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                found = await self._adapters.find(caller.account, ref) if self._adapters else None
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise queue_unavailable() from exc
+        if found is None:
+            raise bad_input(f"lora: no LoRA adapter named {ref!r} exists", param="lora")
+        if not found.ready:
+            raise finetune_missing_files(found)
+        # Registered and valid, but no engine loads adapters yet (routing to workers holding them is
+        # the next step): refusing beats answering from the base model as if it had been applied.
+        raise bad_input(
+            f"lora: adapter {ref!r} is registered but adapters are not yet applied by the engines; "
+            "send the request without lora",
+            param="lora",
+        )
 
     async def _queue_job(
         self,

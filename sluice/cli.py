@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--file", dest="key_file", help="list this keys file's, not Redis's")
     revoke = keys_commands.add_parser("revoke", help="remove a key stored in Redis")
     revoke.add_argument("key_id", help="its id, as `sluice keys list` shows it")
+    from sluice.lora_cli import add_parser as add_lora
+
+    add_lora(commands, common)
     status = commands.add_parser(
         "status", help="queues, workers, traffic and errors, from Redis and /metrics"
     )
@@ -258,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.redis_url:
             sys.exit("sluice status: set REDIS_URL or --redis-url")
         return show(settings, args.gateway_url)
+    if args.command == "lora":
+        from sluice.lora_cli import run_lora
+
+        return run_lora(settings, args)
     if args.command == "keys":
         from sluice.keys_cli import run_keys
 

@@ -85,6 +85,12 @@ class Settings(Struct, kw_only=True):
     heartbeat_ttl: float = 5.0
     #: Where converted model weights are cached between starts.
     cache_dir: str = msgspec.field(default_factory=_default_cache_dir)
+    #: LoRA adapters (finetunes): the folder their files are stored in, which workers read (a
+    #: shared volume in Kubernetes; default ``<cache_dir>/adapters``), the largest rank accepted
+    #: (SGLang's ``--max-lora-rank``) and the largest file accepted, in bytes.
+    adapter_dir: str | None = None
+    max_lora_rank: int = 64
+    max_adapter_bytes: int = 500_000_000
     #: ``keys``: every API request needs a key (``sluice keys create``); ``open``: none do, and
     #: nothing is limited. ``sluice up`` opens a deployment that has no keys, and says so.
     auth: Literal["keys", "open"] = "keys"
@@ -125,6 +131,9 @@ class Settings(Struct, kw_only=True):
             if model.name == name:
                 return model
         raise no_such_model(name)
+
+    def adapters_path(self) -> Path:
+        return Path(self.adapter_dir) if self.adapter_dir else Path(self.cache_dir) / "adapters"
 
     def worker_served(self) -> ServedModel:
         """The served model this worker runs, with ``worker_engine`` and ``model_path`` applied."""

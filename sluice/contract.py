@@ -53,6 +53,16 @@ def running_key(worker_id: str) -> str:
     return f"sluice:running:{worker_id}"
 
 
+def finetune_names_key(account: str) -> str:
+    """Hash: an account's finetune (LoRA adapter) names -> ids; also the account's list of them."""
+    return f"sluice:finetunes:{account}"
+
+
+def finetune_key(account: str, finetune_id: str) -> str:
+    """Hash: one finetune's metadata (field ``meta``) and a field per accepted adapter file."""
+    return f"sluice:finetune:{account}:{finetune_id}"
+
+
 def tombstone_key(worker_id: str) -> str:
     """Left by recovery when it takes a silent worker's jobs: the worker, if only stalled, exits."""
     return f"sluice:evicted:{worker_id}"

@@ -1,0 +1,1 @@
+"""Cloudflare's finetune API: LoRA adapters registered per account (``sluice/adapters.py``)."""
