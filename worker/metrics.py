@@ -22,6 +22,12 @@ JOB_SECONDS = Histogram(
 RUNNING = Gauge("sluice_worker_running_jobs", "Jobs running now", ["model"])
 TOKENS = Counter("sluice_worker_generated_tokens", "Tokens generated", ["model"])
 ENGINE_ERRORS = Counter("sluice_engine_errors", "Jobs failed by the engine itself", ["engine"])
+# Adapters are counted, never labelled by id: their number grows with tenants.
+ADAPTERS_LOADED = Gauge("sluice_worker_adapters_loaded", "LoRA adapters held loaded now", ["engine"])
+ADAPTER_LOADS = Counter("sluice_worker_adapter_loads", "LoRA adapters loaded on demand", ["engine"])
+ADAPTER_EVICTIONS = Counter(
+    "sluice_worker_adapter_evictions", "LoRA adapters unloaded to make room (least recently used)", ["engine"]
+)
 RECOVERED = Counter(
     "sluice_worker_recovered_jobs",
     "Jobs of killed workers this worker took over: requeued or failed (half-sent streams)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from sluice.config import ServedModel
@@ -16,6 +17,15 @@ Output = Delta | Done | SluiceError
 
 class EngineFailed(Exception):
     """The engine cannot serve any more (or never could): the worker stops taking jobs."""
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """A LoRA adapter to apply: its name on the engine (the finetune's id, unique) and its folder
+    (PEFT's ``adapter_config.json`` and ``adapter_model.safetensors``)."""
+
+    name: str
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class EngineRequest:
     messages: list[dict[str, str]] | None
     #: Decode only JSON valid against this schema (``{"type": "object"}`` for plain JSON mode).
     json_schema: JsonObject | None = None
+    #: Apply this LoRA adapter to the base model; ``None``: the base model alone.
+    adapter: AdapterFiles | None = None
 
 
 class Generation:
@@ -43,9 +55,14 @@ class Generation:
     def __init__(self, cancel: Callable[[], None]) -> None:
         self.outputs: asyncio.Queue[Output] = asyncio.Queue()
         self._cancel = cancel
+        self._task: asyncio.Task[None] | None = None
 
     def cancel(self) -> None:
         self._cancel()
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a task that works for this generation (the event loop keeps only weak references)."""
+        self._task = task
 
     async def next_batch(self) -> list[Output]:
         """Wait for one output, then take every output already waiting: the coalescing point."""

@@ -47,9 +47,10 @@ from transformers.utils import logging as hf_logging
 from sluice.config import ServedModel
 from sluice.contract import Delta, Done, GenerationInput, Usage
 from sluice.errors import ErrorCode, SluiceError, check_context_window, internal
-from worker.engines.base import EngineRequest, Generation, Output
+from worker.engines.base import AdapterFiles, EngineRequest, Generation, Output
 from worker.engines.detokenize import IncrementalDetokenizer
 from worker.engines.grammar import Constraint, GrammarCompiler
+from worker.engines.lora import Adapters, ParsedAdapter, read_adapter
 from worker.prompt import prompt_ids
 
 log = logging.getLogger("sluice.worker.engine")
@@ -192,6 +193,12 @@ class _Row:
     sampler: Sampler | None = None
     detok: IncrementalDetokenizer | None = None
     constraint: Constraint | None = None
+    #: The row's adapter, parsed off the engine thread before the row reaches it.
+    adapter: ParsedAdapter | None = None
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.adapter.name if self.adapter is not None else None
 
     def sample(self, logits: torch.Tensor) -> int:
         assert self.sampler is not None
@@ -259,8 +266,12 @@ class TransformersEngine:
     name = "transformers"
     default_concurrency = 16
 
-    def __init__(self, served: ServedModel, cache_dir: str, dtype: torch.dtype = DTYPE) -> None:
+    def __init__(
+        self, served: ServedModel, cache_dir: str, dtype: torch.dtype = DTYPE, max_adapters: int = 8
+    ) -> None:
         self.served = served
+        self.adapters = Adapters(max_adapters)
+        self._parsing: dict[str, asyncio.Future[ParsedAdapter]] = {}
         self.dtype = dtype
         self._cache_dir = Path(cache_dir)
         self._pending: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
@@ -293,8 +304,27 @@ class TransformersEngine:
         row: _Row
         generation = Generation(cancel=lambda: setattr(row, "cancelled", True))
         row = _Row(request_id, request, generation, asyncio.get_running_loop())
-        self._pending.put(row)
+        if request.adapter is None:
+            self._pending.put(row)
+        else:
+            task = asyncio.create_task(self._with_adapter(row, request.adapter))
+            generation.keep(task)
         return generation
+
+    async def _with_adapter(self, row: _Row, adapter: AdapterFiles) -> None:
+        """Queue the row once its adapter is parsed: in a thread, once however many rows ask."""
+        parsing = self._parsing.get(adapter.name)
+        if parsing is None:
+            parsing = asyncio.ensure_future(asyncio.to_thread(read_adapter, adapter.name, adapter.path))
+            self._parsing[adapter.name] = parsing
+            parsing.add_done_callback(lambda _: self._parsing.pop(adapter.name, None))
+        try:
+            row.adapter = await asyncio.shield(parsing)
+        except Exception as exc:
+            log.exception("adapter %s does not load from %s", adapter.name, adapter.path)
+            row.generation.outputs.put_nowait(internal(f"LoRA adapter {adapter.name} does not load: {exc}"))
+            return
+        self._pending.put(row)
 
     async def until_failed(self) -> str:
         never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -349,6 +379,11 @@ class TransformersEngine:
                 self._fail(row, internal(str(exc)))
 
     def _prefill(self, batch: _Batch, row: _Row) -> None:
+        if row.adapter is not None:
+            # Grafted between forward passes (parsing was done off this thread): milliseconds.
+            in_use = {name for r in batch.rows if (name := r.adapter_name) is not None}
+            self.adapters.graft(self.model, row.adapter, in_use)
+            self.adapters.touch(row.adapter.name)
         request = row.request.input
         row.prompt = prompt_ids(self.tokenizer, row.request)
         check_context_window(len(row.prompt), request.max_tokens, self.max_positions)
@@ -358,7 +393,9 @@ class TransformersEngine:
         if row.request.json_schema is not None:
             assert self.grammars is not None
             row.constraint = self.grammars.constraint(row.request.json_schema)
-        out = self.model(input_ids=torch.tensor([row.prompt]), use_cache=True)
+        model = self.adapters.model(self.model)
+        adapters = self.adapters.row_names([row.adapter_name])
+        out = model(input_ids=torch.tensor([row.prompt]), use_cache=True, **adapters)
         row.cached = len(row.prompt)
         self._accept(row, row.sample(out.logits[0, -1]))
         if not row.finished:
@@ -367,12 +404,13 @@ class TransformersEngine:
     def _step(self, batch: _Batch) -> None:
         rows = batch.rows
         mask = torch.cat([batch.mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-        out = self.model(
+        out = self.adapters.model(self.model)(
             input_ids=torch.tensor([[row.output[-1]] for row in rows]),
             attention_mask=mask,
             position_ids=torch.tensor([[row.cached] for row in rows]),
             cache=batch.cache,
             use_cache=True,
+            **self.adapters.row_names([row.adapter_name for row in rows]),
         )
         batch.mask = mask
         logits = out.logits[:, -1]
