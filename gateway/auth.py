@@ -63,6 +63,7 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
     authenticator: Authenticator = connection.app.state.authenticator
     caller = await authenticator.caller(connection.headers.get("authorization"))
     account = connection.path_params.get("account_id")
-    if account is not None and caller.account is not None and account != caller.account:
+    if account is not None and caller.key is not None and account != caller.key.account:
         raise wrong_account(account)
+    caller.path_account = account
     connection.scope.setdefault("state", {})[CALLER_STATE] = caller

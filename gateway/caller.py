@@ -24,10 +24,13 @@ CALLER_STATE = "sluice_caller"
 class Caller:
     key: KeyRecord | None
     quota: Quota | None = None
+    #: The account a native path names: whose adapters an open deployment's request may use.
+    path_account: str | None = None
 
     @property
     def account(self) -> str | None:
-        return self.key.account if self.key is not None else None
+        """The key's account; on an open deployment (no key), the path's, if it names one."""
+        return self.key.account if self.key is not None else self.path_account
 
 
 def caller_of(request: Request[Any, Any, Any]) -> Caller:

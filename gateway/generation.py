@@ -21,9 +21,10 @@ from gateway.enqueue import JobQueue
 from gateway.ratelimit import RateLimiter
 from gateway.relay import StreamRelay, Subscription
 from gateway.tokens import PromptCounter, upper_estimate
-from sluice.adapters import AdapterStore, finetune_missing_files
+from sluice.adapters import AdapterStore, Finetune, finetune_missing_files
 from sluice.config import ServedModel, Settings
 from sluice.contract import (
+    AdapterRef,
     Delta,
     Done,
     Failed,
@@ -271,9 +272,7 @@ class Generations:
         reject_if_busy: bool = False,
     ) -> GenerationHandle:
         """Queue one generation; every check that can fail without a worker fails here, first."""
-        served = self._settings.served(model)  # 5007 for a model this deployment does not serve
-        if request.lora:
-            await self._check_lora(request.lora, caller)
+        served, adapter = await self._resolve(model, request.lora, caller)
         try:
             # The tokenizer's fetch is bounded inside; its first parse (seconds, for a large one)
             # is not, so it cannot pass for an unreachable Redis.
@@ -281,35 +280,51 @@ class Generations:
             # Bounded: a Redis that accepts connections but never answers must not hang clients.
             async with asyncio.timeout(REDIS_TIMEOUT):
                 return await self._queue_job(
-                    served, request, prompt_tokens, request_id, caller, reject_if_busy
+                    served, adapter, request, prompt_tokens, request_id, caller, reject_if_busy
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.REJECTIONS.labels("redis_unavailable").inc()
             log.warning("request %s refused: Redis unavailable: %r", request_id, exc)
             raise queue_unavailable() from exc
 
-    async def _check_lora(self, ref: str, caller: Caller) -> None:
-        """Refuse the adapter: unknown (or another account's), incomplete, or not applied yet."""
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                found = await self._adapters.find(caller.account, ref) if self._adapters else None
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise queue_unavailable() from exc
+    async def _resolve(
+        self, model: str, lora: str | None, caller: Caller
+    ) -> tuple[ServedModel, AdapterRef | None]:
+        """The served model and the adapter a request names: native ``lora``, or OpenAI's
+        ``model: "<base>:<adapter>"`` or ``model: "<adapter>"``."""
+        base, _, suffix = model.partition(":")
+        if lora is None and suffix and base in self._settings.model_names:
+            model, lora = base, suffix
+        if lora is None and model not in self._settings.model_names:
+            named = await self._find_adapter(model, caller)
+            if named is not None and named.ready:  # an adapter's own name stands for its base + it
+                model, lora = named.model, model
+        served = self._settings.served(model)  # 5007 for a model this deployment does not serve
+        if lora is None:
+            return served, None
+        found = await self._find_adapter(lora, caller)
         if found is None:
-            raise bad_input(f"lora: no LoRA adapter named {ref!r} exists", param="lora")
+            raise bad_input(f"lora: no LoRA adapter named {lora!r} exists", param="lora")
         if not found.ready:
             raise finetune_missing_files(found)
-        # Registered and valid, but no engine loads adapters yet (routing to workers holding them is
-        # the next step): refusing beats answering from the base model as if it had been applied.
-        raise bad_input(
-            f"lora: adapter {ref!r} is registered but adapters are not yet applied by the engines; "
-            "send the request without lora",
-            param="lora",
-        )
+        if found.model != served.name:
+            raise bad_input(f"lora: adapter {lora!r} is for {found.model}, not {served.name}", param="lora")
+        return served, AdapterRef(found.account, found.id)
+
+    async def _find_adapter(self, ref: str, caller: Caller) -> Finetune | None:
+        """The caller's account's adapter by name or id (another account's is not found)."""
+        if self._adapters is None:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                return await self._adapters.find(caller.account, ref)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise queue_unavailable() from exc
 
     async def _queue_job(
         self,
         served: ServedModel,
+        adapter: AdapterRef | None,
         request: GenerationInput,
         prompt_tokens: int | None,
         request_id: str,
@@ -331,7 +346,7 @@ class Generations:
         prompt = prompt_tokens if prompt_tokens is not None else upper_estimate(request)
         cost = prompt + request.max_tokens
         release = await self._admit(caller, request_id, cost)
-        job = Job(id=request_id, model=model, input=request, gateway=self._gateway_id)
+        job = Job(id=request_id, model=model, input=request, adapter=adapter, gateway=self._gateway_id)
         subscription = self._relay.subscribe(job.id)
         try:
             await self._queue.submit(job, account=account, cost=cost)

@@ -29,7 +29,7 @@ from msgspec import Struct
 from redis.asyncio import Redis
 from safetensors import SafetensorError, safe_open
 
-from sluice.contract import finetune_key, finetune_names_key
+from sluice.contract import AdapterRef, finetune_key, finetune_names_key
 from sluice.errors import ErrorCode, SluiceError, bad_input, no_such_model, too_large
 
 CONFIG_FILE = "adapter_config.json"
@@ -286,6 +286,11 @@ def store_file(folder: Path, file_name: str, source: IO[bytes], *, max_bytes: in
 # --- the registry -------------------------------------------------------------------------------
 
 
+def adapter_folder(directory: Path, adapter: AdapterRef) -> Path:
+    """An adapter's folder in the store (the gateway writes it, workers read it)."""
+    return directory / adapter.account / adapter.id
+
+
 class AdapterStore:
     """Finetunes of every account: create, upload files, find, list, delete."""
 
@@ -306,7 +311,7 @@ class AdapterStore:
 
     def folder(self, finetune: Finetune) -> Path:
         """Where its files are: the path workers load the adapter from."""
-        return self.directory / finetune.account / finetune.id
+        return adapter_folder(self.directory, AdapterRef(finetune.account, finetune.id))
 
     async def create(self, account: str, model: str, name: str, description: str = "") -> Finetune:
         _safe(account, "account")

@@ -90,6 +90,8 @@ class Settings(Struct, kw_only=True):
     #: (SGLang's ``--max-lora-rank``) and the largest file accepted, in bytes.
     adapter_dir: str | None = None
     max_lora_rank: int = 64
+    #: Adapters one worker holds loaded at once; past it, the least recently used is unloaded.
+    max_loaded_adapters: int = 8
     max_adapter_bytes: int = 500_000_000
     #: ``keys``: every API request needs a key (``sluice keys create``); ``open``: none do, and
     #: nothing is limited. ``sluice up`` opens a deployment that has no keys, and says so.
@@ -125,6 +127,10 @@ class Settings(Struct, kw_only=True):
     #: Seconds SGLang may take to load the model; seconds between its health checks.
     sglang_ready_timeout: float = 1800.0
     engine_probe_interval: float = 5.0
+
+    @property
+    def model_names(self) -> set[str]:
+        return {model.name for model in self.models}
 
     def served(self, name: str) -> ServedModel:
         for model in self.models:

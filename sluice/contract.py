@@ -228,12 +228,21 @@ class GenerationInput(Struct, omit_defaults=True):
         return [tool.spec() for tool in self.tools]
 
 
+class AdapterRef(Struct, frozen=True):
+    """A LoRA adapter (finetune) by where its files are: ``<adapter dir>/<account>/<id>/``."""
+
+    account: str
+    id: str
+
+
 class Job(Struct, omit_defaults=True):
     """The arq job payload: one generation request for one served model."""
 
     id: str
     model: str
     input: GenerationInput
+    #: The adapter ``input.lora`` names, as the gateway found it (ready, this model's).
+    adapter: AdapterRef | None = None
     enqueued_at: float = msgspec.field(default_factory=time.time)
     #: The gateway process relaying the answer; a job whose gateway is gone is not run on.
     gateway: str = ""

@@ -15,6 +15,7 @@ from typing import Any
 
 import cloudflare
 import httpx
+import openai
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from sluice.config import load_settings
 from sluice.redis_server import EmbeddedRedis, free_port
 from tests.conftest import MODEL, start, stop, wait_until_ready
+from tests.test_lora_engine import make_adapter
 from worker.engines.transformers_engine import SMOLLM2_ID, resolve_weights
 
 ACCOUNT = "acct-a"
@@ -91,9 +93,12 @@ class Gateway:
         result: dict[str, Any] = response.json()["result"]
         return result
 
+    def run_url(self, account: str = ACCOUNT) -> str:
+        return f"{self.url}/client/v4/accounts/{account}/ai/run/{MODEL}"
+
     def run(self, lora: str, account: str = ACCOUNT) -> httpx.Response:
         return httpx.post(
-            f"{self.url}/client/v4/accounts/{account}/ai/run/{MODEL}",
+            self.run_url(account),
             json={"prompt": "Hi", "max_tokens": 1, "lora": lora},
             headers=self.headers(account),
             timeout=30,
@@ -110,7 +115,7 @@ def gateway(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactor
     logs = tmp_path_factory.mktemp("finetune-logs")
     adapter_dir = tmp_path_factory.mktemp("adapters")
     env = {**os.environ, "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/10", "SLUICE_AUTH": "keys"}
-    env["SLUICE_MODELS"] = json.dumps([{"name": MODEL, "engine": "synthetic", "model": "synthetic"}])
+    # The served model on the CPU engine (SmolLM2), so uploaded adapters really apply.
     env |= {"SLUICE_WORKER_METRICS_PORT": "0", "SLUICE_ADAPTER_DIR": str(adapter_dir)}
     env["SLUICE_MAX_ADAPTER_BYTES"] = str(MAX_BYTES)
     port = free_port()
@@ -163,10 +168,7 @@ def test_the_cloudflare_sdk_uploads_an_adapter_and_lists_it(gateway: Gateway, ad
     sdk.ai.finetunes.list(account_id=ACCOUNT)  # parses without error
     assert list(sdk.ai.finetunes.public.list(account_id=ACCOUNT)) == []
     assert files_in(gateway, created.id) == [CONFIG, WEIGHTS]
-    # Ready, valid, and refused honestly: no engine applies adapters yet.
-    response = gateway.run("sdk-adapter")
-    assert response.status_code == 400
-    assert "not yet applied" in error_of(response)["message"]
+    assert gateway.run("sdk-adapter").status_code == 200, "ready: usable at once"
 
 
 def test_plain_multipart_uploads_by_name_in_either_order(gateway: Gateway, adapter: Path) -> None:
@@ -330,3 +332,34 @@ def test_weights_ranks_are_read_from_the_safetensors_header(tmp_path: Path) -> N
         {f"{prefix}.lora_A.weight": torch.ones(4, 1536), f"{prefix}.lora_B.weight": torch.ones(576, 4)}, path
     )
     assert check_weights(path, 64).ranks == {"down_proj": {4}}
+
+
+def test_an_uploaded_adapter_changes_the_answer_in_both_apis(gateway: Gateway, tmp_path: Path) -> None:
+    """Two adapters uploaded with the SDK: each answer differs from the base model's and from the
+    other's, and OpenAI's ``<base>:<adapter>`` and bare adapter name pick the same adapter."""
+    weights = resolve_weights(SMOLLM2_ID, Path(load_settings().cache_dir))
+    sdk = gateway.sdk()
+    for name, seed in (("tone-a", 1), ("tone-b", 2)):
+        folder = make_adapter(weights, tmp_path / name, seed, ["q_proj", "v_proj"])
+        created = sdk.ai.finetunes.create(account_id=ACCOUNT, model=MODEL, name=name)
+        for file_name in (CONFIG, WEIGHTS):
+            content = (folder / file_name).read_bytes()
+            sdk.ai.finetunes.assets.create(created.id, account_id=ACCOUNT, file=content, file_name=file_name)
+
+    def native(lora: str | None) -> str:
+        body: dict[str, Any] = {"prompt": "Name a fruit.", "max_tokens": 12, "temperature": 0}
+        body |= {"lora": lora} if lora else {}
+        response = httpx.post(gateway.run_url(), json=body, headers=gateway.headers(), timeout=60)
+        assert response.status_code == 200, response.text
+        answer: str = response.json()["result"]["response"]
+        return answer
+
+    base, a, b = native(None), native("tone-a"), native("tone-b")
+    assert len({base, a, b}) == 3, (base, a, b)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.keys[ACCOUNT], max_retries=0)
+    for model in (f"{MODEL}:tone-a", "tone-a"):
+        chat = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=12, temperature=0
+        )
+        assert chat.choices[0].message.content == a
+        assert chat.model == model

@@ -8,15 +8,17 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
+from sluice.adapters import adapter_folder
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
 from sluice.errors import SluiceError, internal, reader_gone
 from sluice.events import failed
 from worker import metrics
-from worker.engines.base import Engine, Output
+from worker.engines.base import AdapterFiles, Engine, Output
 from worker.inflight import InFlight
 from worker.prompt import prepare
 from worker.publish import EventPublisher
@@ -33,6 +35,8 @@ class JobDeps:
     worker_id: str
     publisher: EventPublisher
     inflight: InFlight
+    #: The adapter store's folder, as mounted here.
+    adapters: Path
 
 
 def to_events(outputs: list[Output]) -> tuple[list[Event], bool]:
@@ -123,7 +127,9 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
         await publish([failed(reader_gone())])  # never a silent end, should its client be there
         return "aborted"
     try:
-        request = prepare(job.input)
+        ref = job.adapter
+        adapter = AdapterFiles(ref.id, adapter_folder(deps.adapters, ref)) if ref is not None else None
+        request = prepare(job.input, adapter)
     except SluiceError as error:
         await publish([failed(error)])
         return "failed"

@@ -116,7 +116,13 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     worker_id = uuid.uuid4().hex[:12]
     inflight = InFlight(pool, worker_id, settings.heartbeat_ttl)
     publisher = EventPublisher(pool, settings.stream_ttl)
-    deps = JobDeps(engine=engine, worker_id=worker_id, publisher=publisher, inflight=inflight)
+    deps = JobDeps(
+        engine=engine,
+        worker_id=worker_id,
+        publisher=publisher,
+        inflight=inflight,
+        adapters=settings.adapters_path(),
+    )
     worker = build_worker(settings, deps, queue, pool, concurrency)
     info = WorkerInfo(
         id=worker_id,

@@ -11,7 +11,7 @@ from typing import Any
 
 from sluice.contract import GenerationInput, JsonObject, Message
 from sluice.errors import bad_input
-from worker.engines.base import EngineRequest
+from worker.engines.base import AdapterFiles, EngineRequest
 from worker.tools import to_chat, tool_call_schema
 
 #: JSON mode without a schema: any JSON object.
@@ -30,12 +30,12 @@ def constraint(request: GenerationInput) -> JsonObject | None:
     return None
 
 
-def prepare(request: GenerationInput) -> EngineRequest:
+def prepare(request: GenerationInput, adapter: AdapterFiles | None = None) -> EngineRequest:
     if request.raw and request.prompt is not None:
-        return EngineRequest(request, messages=None, json_schema=constraint(request))
+        return EngineRequest(request, messages=None, json_schema=constraint(request), adapter=adapter)
     conversation = request.messages or [Message(role="user", content=request.prompt)]
     messages = to_chat(conversation, request.tools_offered)
-    return EngineRequest(request, messages=messages, json_schema=constraint(request))
+    return EngineRequest(request, messages=messages, json_schema=constraint(request), adapter=adapter)
 
 
 def prompt_ids(tokenizer: Any, request: EngineRequest) -> list[int]:

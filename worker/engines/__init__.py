@@ -12,7 +12,7 @@ def create_engine(served: ServedModel, settings: Settings, concurrency: int | No
     if served.engine == "transformers":
         from worker.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(served, settings.cache_dir)
+        return TransformersEngine(served, settings.cache_dir, max_adapters=settings.max_loaded_adapters)
     if served.engine == "synthetic":
         from worker.engines.synthetic import SyntheticEngine
 

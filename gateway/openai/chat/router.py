@@ -43,7 +43,7 @@ class ChatController(Controller):
         native = to_native(payload)
         request_id = request_id_of(request)
         handle = await generations.start(payload.model, native, request_id, caller=caller)
-        label_model(request, payload.model)
+        label_model(request, handle.job.model)  # the base model: adapters would be unbounded
         if not payload.stream:
             return Response(await chat_json(handle, request.receive, payload.model))
         first, rest = await first_output(handle)
