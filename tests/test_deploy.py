@@ -593,3 +593,18 @@ def test_images_are_multi_stage_non_root_and_health_checked(dockerfile: Path) ->
     }
     assert copied <= allowed, copied - allowed
     assert "*" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+@needs_kubectl
+def test_gateways_and_workers_share_the_lora_adapter_store() -> None:
+    """Uploads land on a gateway and are read by workers: with the store, both mount one claim there."""
+    objects = render("k8s/overlays/gpu")
+    mounts = []
+    for name in ("sluice-gateway", "sluice-worker"):
+        workload = one(objects, "Deployment", name)
+        store = load_settings(environ=config_data(objects, workload)).adapter_dir
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        (mount,) = [m for m in containers(workload)[0]["volumeMounts"] if m["mountPath"] == store]
+        mounts.append(volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+    (claim,) = set(mounts)
+    assert one(objects, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]

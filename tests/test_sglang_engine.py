@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from sluice.config import ServedModel, load_settings
 from sluice.contract import Delta, Done, GenerationInput, Message, ResponseFormat
 from sluice.errors import ErrorCode, SluiceError
 from tests.conftest import SGLangDouble, start_double, stop
-from worker.engines.base import EngineFailed, Output
+from worker.engines.base import AdapterFiles, EngineFailed, Output
 from worker.engines.sglang import SGLangEngine
 from worker.engines.sglang.engine import SGLangOptions
 from worker.prompt import prepare, prompt_ids
@@ -89,7 +90,7 @@ async def test_the_prompt_is_token_ids_from_the_models_own_chat_template(
     assert body["stream"] is True
 
 
-async def test_sampling_parameters_and_the_adapter_reach_sglang_as_mapped(
+async def test_sampling_parameters_reach_sglang_as_mapped(
     sglang: SGLangEngine, sglang_double: SGLangDouble
 ) -> None:
     given = GenerationInput(
@@ -103,11 +104,9 @@ async def test_sampling_parameters_and_the_adapter_reach_sglang_as_mapped(
         frequency_penalty=0.5,
         presence_penalty=0.25,
         stop=["\n\n"],
-        lora="my-adapter",
     )
     await outputs(sglang, "job-3:2", given)
     body = sent(sglang_double, "job-3:2")
-    assert body["lora_path"] == "my-adapter"
     assert body["sampling_params"] == {
         "max_new_tokens": 50,
         "temperature": 0.3,
@@ -261,3 +260,49 @@ async def test_a_server_sending_increments_is_read_as_increments(model_dir: Path
     finally:
         await engine.close()
         stop(double.process)
+
+
+def adapter_folder(root: Path, name: str) -> AdapterFiles:
+    folder = root / name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}')
+    return AdapterFiles(name, folder)
+
+
+async def test_adapters_are_loaded_on_demand_named_in_generate_and_evicted_lru(
+    sglang_double: SGLangDouble, tmp_path: Path
+) -> None:
+    settings = load_settings(environ={}, overrides={"sglang_url": sglang_double.url})
+    engine = SGLangEngine(SERVED, SGLangOptions.of(settings), max_streams=8, max_adapters=1)
+    await engine.start()
+    try:
+        a, b = adapter_folder(tmp_path, "ft-a"), adapter_folder(tmp_path, "ft-b")
+
+        async def run(rid: str, adapter: AdapterFiles) -> list[Output]:
+            generation = engine.submit(
+                rid, dataclasses.replace(prepare(GenerationInput(prompt="Hi")), adapter=adapter)
+            )
+            seen: list[Output] = []
+            while not seen or isinstance(seen[-1], Delta):
+                seen += await asyncio.wait_for(generation.next_batch(), 30)
+            return seen
+
+        loads_before = len(sglang_double.log()["lora_loads"])
+        sglang_double.script(text="one")
+        sglang_double.script(text="two")
+        first, second = await asyncio.gather(run("lora-1:1", a), run("lora-2:1", a))
+        assert isinstance(first[-1], Done)
+        assert isinstance(second[-1], Done)
+        assert sent(sglang_double, "lora-1:1")["lora_path"] == "ft-a"
+        assert sglang_double.log()["lora_loads"][loads_before:] == ["ft-a"], "loaded once for both"
+        sglang_double.script(text="three")
+        await run("lora-3:1", b)
+        assert sent(sglang_double, "lora-3:1")["lora_path"] == "ft-b"
+        assert set(sglang_double.log()["loras"]) == {"ft-b"}, "past its one slot, the idle adapter goes"
+        broken = AdapterFiles("ft-broken", tmp_path / "nowhere")
+        (failure,) = await run("lora-4:1", broken)
+        assert isinstance(failure, SluiceError)
+        assert failure.status == 400
+        assert "cannot load" in failure.message
+    finally:
+        await engine.close()

@@ -54,13 +54,10 @@ def test_tools_keep_the_python_tag_and_a_forced_call_is_a_schema() -> None:
 
 def test_the_request_carries_ids_rid_stream_and_adapter() -> None:
     request = prepare(GenerationInput(prompt="Hi", lora="support-bot"))
-    body = generate_request("job:2", [1, 2, 3], request)
-    assert (body.input_ids, body.rid, body.stream, body.lora_path) == (
-        [1, 2, 3],
-        "job:2",
-        True,
-        "support-bot",
-    )
+    body = generate_request("job:2", [1, 2, 3], request, lora="ft-1234")
+    # The adapter's name on the server is its finetune id, not the name the client used.
+    assert (body.input_ids, body.rid, body.stream, body.lora_path) == ([1, 2, 3], "job:2", True, "ft-1234")
+    assert generate_request("job:3", [1], prepare(GenerationInput(prompt="Hi"))).lora_path is None
 
 
 def unit(low: float, high: float) -> st.SearchStrategy[float]:

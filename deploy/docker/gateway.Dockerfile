@@ -15,13 +15,17 @@ RUN /opt/sluice/bin/pip install --no-cache-dir .
 
 FROM ${PYTHON_IMAGE}
 # A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a number.
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent sluice
+# /adapters: the LoRA adapter store the gateway writes uploads to and workers read (a shared volume).
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent sluice \
+ && mkdir /adapters && chown 10001:10001 /adapters
 COPY --from=build /opt/sluice /opt/sluice
 ENV PATH=/opt/sluice/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SLUICE_HOST=0.0.0.0 \
-    SLUICE_PORT=8080
+    SLUICE_PORT=8080 \
+    SLUICE_ADAPTER_DIR=/adapters
+VOLUME ["/adapters"]
 USER 10001:10001
 EXPOSE 8080
 # /healthz, not /readyz: a gateway whose Redis is away is alive, only not ready (the orchestrator decides).

@@ -18,7 +18,7 @@ RUN /opt/sluice/bin/pip install --no-cache-dir --extra-index-url https://downloa
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent sluice \
- && mkdir /cache && chown 10001:10001 /cache
+ && mkdir /cache /adapters && chown 10001:10001 /cache /adapters
 COPY --from=build /opt/sluice /opt/sluice
 # The converted weights (about 15 s to make) and any hub cache live on /cache, a volume: the image
 # holds only the packaged GGUF, and a read-only root filesystem works. Nothing is ever downloaded.
@@ -30,8 +30,9 @@ ENV PATH=/opt/sluice/bin:$PATH \
     XDG_CACHE_HOME=/cache \
     SLUICE_CACHE_DIR=/cache/sluice \
     HF_HOME=/cache/huggingface \
-    HF_HUB_OFFLINE=1
-VOLUME ["/cache"]
+    HF_HUB_OFFLINE=1 \
+    SLUICE_ADAPTER_DIR=/adapters
+VOLUME ["/cache", "/adapters"]
 USER 10001:10001
 EXPOSE 9091
 # The worker serves /metrics only once its model is loaded: healthy means ready to take jobs.

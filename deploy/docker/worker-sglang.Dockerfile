@@ -19,7 +19,7 @@ RUN /opt/sluice/bin/python -m pip install --no-cache-dir .
 
 FROM ${SGLANG_IMAGE}
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/sluice sluice \
- && mkdir /cache && chown 10001:10001 /cache
+ && mkdir /cache /adapters && chown 10001:10001 /cache /adapters
 COPY --from=build /opt/sluice /opt/sluice
 # Triton, FlashInfer and torch write compiled kernels under HOME, XDG_CACHE_HOME and /tmp; with the
 # cache on a volume they survive restarts and the root filesystem can stay read-only.
@@ -34,8 +34,9 @@ ENV PATH=/opt/sluice/bin:$PATH \
     SLUICE_CACHE_DIR=/cache/sluice \
     TRITON_CACHE_DIR=/cache/triton \
     HF_HOME=/cache/huggingface \
-    HF_HUB_OFFLINE=1
-VOLUME ["/cache"]
+    HF_HUB_OFFLINE=1 \
+    SLUICE_ADAPTER_DIR=/adapters
+VOLUME ["/cache", "/adapters"]
 USER 10001:10001
 EXPOSE 9091
 # /metrics answers only once SGLang has loaded the model and passed its first health check

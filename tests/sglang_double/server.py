@@ -57,6 +57,7 @@ class State:
         self.abort_requests: list[str] = []
         self.disconnected: list[str] = []
         self.loras: dict[str, str] = {}
+        self.lora_loads: list[str] = []
         self.eos = tokenizer.token_to_id("<|im_end|>") or 0
 
 
@@ -134,6 +135,10 @@ def create_app(state: State) -> Litestar:
         state.requests.append(body)
         if not body.get("stream"):
             return Response({"error": {"message": "this double only streams"}}, status_code=400)
+        if body.get("lora_path") and body["lora_path"] not in state.loras:  # as SGLang: never loaded
+            return Response(
+                {"error": {"message": f"LoRA {body['lora_path']} is not loaded"}}, status_code=400
+            )
         script = state.scripts.popleft() if state.scripts else Script()
         return Stream(stream(state, body, script), media_type="text/event-stream")
 
@@ -149,6 +154,7 @@ def create_app(state: State) -> Litestar:
             failure = {"success": False, "error_message": f"no adapter_config.json in {path}"}
             return Response(failure, status_code=400)
         state.loras[data["lora_name"]] = str(path)
+        state.lora_loads.append(data["lora_name"])
         return Response({"success": True, "error_message": None, "loaded_adapters": state.loras})
 
     @post("/unload_lora_adapter", status_code=200)
@@ -181,6 +187,8 @@ def create_app(state: State) -> Litestar:
             "abort_requests": state.abort_requests,
             "disconnected": state.disconnected,
             "argv": sys.argv,
+            "loras": state.loras,
+            "lora_loads": state.lora_loads,
             "pid": os.getpid(),
         }
 

@@ -23,5 +23,6 @@ def create_engine(served: ServedModel, settings: Settings, concurrency: int | No
         from worker.engines.sglang.engine import SGLangOptions
 
         streams = concurrency or SGLangEngine.default_concurrency
-        return SGLangEngine(served, SGLangOptions.of(settings), max_streams=streams)
+        options = SGLangOptions.of(settings)
+        return SGLangEngine(served, options, max_streams=streams, max_adapters=settings.max_loaded_adapters)
     raise ValueError(f"engine {served.engine!r} is not available in this build")

@@ -20,6 +20,7 @@ from sluice.contract import Delta, Done, FinishReason, Usage
 from sluice.errors import ErrorCode, SluiceError, bad_input, check_context_window, internal, unavailable
 from worker.engines.base import EngineFailed, EngineRequest, Generation, Output
 from worker.engines.detokenize import StopText
+from worker.engines.sglang.adapters import SGLangAdapters
 from worker.engines.sglang.client import SGLangClient, SGLangRejected, SGLangUnavailable
 from worker.engines.sglang.params import generate_request
 from worker.engines.sglang.protocol import Chunk, Finish
@@ -135,7 +136,9 @@ class SGLangEngine:
     #: SGLang batches hundreds of requests; arq's default of 10 jobs would starve it.
     default_concurrency = 256
 
-    def __init__(self, served: ServedModel, options: SGLangOptions, *, max_streams: int) -> None:
+    def __init__(
+        self, served: ServedModel, options: SGLangOptions, *, max_streams: int, max_adapters: int = 8
+    ) -> None:
         self.served = served
         self.options = options
         self._server: SGLangServer | None = None
@@ -144,6 +147,7 @@ class SGLangEngine:
             self._server = SGLangServer(command)
         self.url = options.url or f"http://127.0.0.1:{options.port}"
         self._client = SGLangClient(self.url, max_streams=max_streams)
+        self.adapters = SGLangAdapters(self._client, max_adapters)
         self._tokenizer: Any = None
         self._incremental = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -225,8 +229,11 @@ class SGLangEngine:
         try:
             ids = prompt_ids(self._tokenizer, request)
             check_context_window(len(ids), request.input.max_tokens, self.served.context_window)
-            body = generate_request(rid, ids, request)
-            async with contextlib.aclosing(self._client.generate(body)) as chunks:
+            async with contextlib.AsyncExitStack() as held:
+                adapter = request.adapter
+                lora = await held.enter_async_context(self.adapters.using(adapter)) if adapter else None
+                body = generate_request(rid, ids, request, lora)
+                chunks = await held.enter_async_context(contextlib.aclosing(self._client.generate(body)))
                 async for chunk in chunks:
                     for output in reader.read(chunk):
                         put(output)

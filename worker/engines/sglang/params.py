@@ -14,7 +14,8 @@ presence_penalty       additive in both (OpenAI's), SGLang [-2, 2]: as is
 stop (OpenAI)          ``stop`` (the worker also cuts them itself, see ``StopText``)
 response_format        ``json_schema`` (JSON text); ``{"type": "object"}`` for plain JSON mode
 tools                  ``skip_special_tokens: false``, so ``<|python_tag|>`` reaches the parser
-lora                   ``lora_path``: the adapter's name on the server (top-level, not sampling)
+lora                   ``lora_path``: the adapter's name on the server, its finetune id, registered
+                       on demand (``adapters.py``; top-level, not sampling)
 =====================  ============================================================================
 
 The prompt goes as ``input_ids`` from the model's own chat template: SGLang's native API applies
@@ -50,11 +51,9 @@ def sampling_params(request: EngineRequest) -> SamplingParams:
     )
 
 
-def generate_request(rid: str, input_ids: list[int], request: EngineRequest) -> GenerateRequest:
+def generate_request(
+    rid: str, input_ids: list[int], request: EngineRequest, lora: str | None = None
+) -> GenerateRequest:
     return GenerateRequest(
-        input_ids=input_ids,
-        sampling_params=sampling_params(request),
-        rid=rid,
-        stream=True,
-        lora_path=request.input.lora,
+        input_ids=input_ids, sampling_params=sampling_params(request), rid=rid, stream=True, lora_path=lora
     )
