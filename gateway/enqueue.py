@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 
-from sluice.contract import GENERATE, Job, encode, queue_key, serialize_arq_job
+from sluice.contract import GENERATE, Job, direct_queue_key, encode, queue_key, serialize_arq_job
 from sluice.fairqueue import Backlog, FairQueue
 from sluice.registry import live_slots
 
@@ -28,12 +28,17 @@ class JobQueue:
         self._redis = redis
         self._fair = FairQueue(redis)
 
-    async def submit(self, job: Job, *, account: str, cost: int) -> None:
-        """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on."""
+    @property
+    def redis(self) -> ArqRedis:
+        return self._redis
+
+    async def submit(self, job: Job, *, account: str, cost: int, worker: str | None = None) -> None:
+        """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
+        ``worker``, on that worker's own queue (``gateway/routing.py``), else the model's."""
         enqueued_ms = int(job.enqueued_at * 1000)
         data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
         await self._fair.enqueue(
-            queue_key(job.model),
+            direct_queue_key(worker) if worker is not None else queue_key(job.model),
             job.id,
             job_key_prefix + job.id,
             data,

@@ -20,6 +20,7 @@ from gateway.caller import Caller
 from gateway.enqueue import JobQueue
 from gateway.ratelimit import RateLimiter
 from gateway.relay import StreamRelay, Subscription
+from gateway.routing import JobRouter
 from gateway.tokens import PromptCounter, upper_estimate
 from sluice.adapters import AdapterStore, Finetune, finetune_missing_files
 from sluice.config import ServedModel, Settings
@@ -238,8 +239,10 @@ class Generations:
         gateway_id: str,
         limiter: RateLimiter,
         adapters: AdapterStore | None = None,
+        router: JobRouter | None = None,
     ) -> None:
         self._adapters = adapters
+        self._router = router or JobRouter(queue.redis, settings.heartbeat_ttl)
         self._gateway_id = gateway_id
         self._limiter = limiter
         self._recent_wait = Ewma()
@@ -270,8 +273,10 @@ class Generations:
         *,
         caller: Caller,
         reject_if_busy: bool = False,
+        session: str | None = None,
     ) -> GenerationHandle:
-        """Queue one generation; every check that can fail without a worker fails here, first."""
+        """Queue one generation; every check that can fail without a worker fails here, first.
+        ``session`` (``x-session-affinity``) keeps a conversation on one worker."""
         served, adapter = await self._resolve(model, request.lora, caller)
         try:
             # The tokenizer's fetch is bounded inside; its first parse (seconds, for a large one)
@@ -280,7 +285,7 @@ class Generations:
             # Bounded: a Redis that accepts connections but never answers must not hang clients.
             async with asyncio.timeout(REDIS_TIMEOUT):
                 return await self._queue_job(
-                    served, adapter, request, prompt_tokens, request_id, caller, reject_if_busy
+                    served, adapter, request, prompt_tokens, request_id, caller, reject_if_busy, session
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.REJECTIONS.labels("redis_unavailable").inc()
@@ -330,6 +335,7 @@ class Generations:
         request_id: str,
         caller: Caller,
         reject_if_busy: bool,
+        session: str | None,
     ) -> GenerationHandle:
         model = served.name
         if prompt_tokens is not None:
@@ -349,7 +355,10 @@ class Generations:
         job = Job(id=request_id, model=model, input=request, adapter=adapter, gateway=self._gateway_id)
         subscription = self._relay.subscribe(job.id)
         try:
-            await self._queue.submit(job, account=account, cost=cost)
+            # Scoped by account: one tenant's session ids cannot steer another's.
+            pinned = f"{account}:{session}" if session is not None else None
+            worker = await self._router.route(model, adapter, pinned)
+            await self._queue.submit(job, account=account, cost=cost, worker=worker)
         except BaseException:
             subscription.close()
             release(0)

@@ -33,6 +33,16 @@ def queue_key(model: str) -> str:
     return f"sluice:queue:{model}"
 
 
+def direct_queue_key(worker_id: str) -> str:
+    """The arq queue of jobs routed to one worker (its adapter, a session's affinity)."""
+    return f"sluice:direct:{worker_id}"
+
+
+def affinity_key(session: str) -> str:
+    """The worker a session (``x-session-affinity``) is pinned to, while that worker lives."""
+    return f"sluice:affinity:{session}"
+
+
 def events_key(job_id: str) -> str:
     """The Redis Stream of one job's events."""
     return f"sluice:events:{job_id}"
@@ -329,6 +339,9 @@ class WorkerInfo(Struct):
     started_at: float
     #: Stopping: it finishes what it runs but takes no more jobs (its slots are not free).
     draining: bool = False
+    #: Jobs running now, and the LoRA adapters (finetune ids) its engine holds loaded.
+    running: int = 0
+    adapters: list[str] = msgspec.field(default_factory=list)
 
 
 # --- Codec ----------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import deserialize_job
 from redis.asyncio import Redis
+
+from sluice.contract import decode_job, deserialize_arq_job, direct_queue_key, queue_key
 
 #: How many of a queue's oldest entries are read at a time, and at most (past them, every entry
 #: counts as waiting): enough for thousands of running jobs ahead of the first waiting one.
@@ -53,3 +56,21 @@ async def head(redis: Redis, queue: str) -> tuple[int, list[Entry]]:
         if len(entries) < PAGE or not all(entry.running for entry in read[-len(entries) :]):
             break
     return int(total), read
+
+
+async def hand_back_direct(redis: Redis, worker_id: str) -> int:
+    """Move the jobs routed to a worker that stops (or died) to their models' shared queues, where
+    any worker takes them (loading their adapter if need be). Tags are kept: they stay near the
+    front. Returns how many moved."""
+    direct = direct_queue_key(worker_id)
+    moved = 0
+    for job_id, tag in await redis.zrange(direct, 0, -1, withscores=True):
+        payload = await redis.get(job_key_prefix + job_id.decode())
+        async with redis.pipeline(transaction=True) as pipe:
+            if payload is not None:  # else it ended meanwhile: only its entry is left to drop
+                job = decode_job(deserialize_job(payload, deserializer=deserialize_arq_job).args[0])
+                pipe.zadd(queue_key(job.model), {job_id: tag})
+                moved += 1
+            pipe.zrem(direct, job_id)
+            await pipe.execute()
+    return moved

@@ -43,7 +43,7 @@ from sluice.contract import (
 )
 from sluice.errors import interrupted
 from sluice.events import append, failed
-from sluice.queues import head
+from sluice.queues import hand_back_direct, head
 from sluice.registry import Steady, claim, silent_workers
 
 log = logging.getLogger("sluice.recovery")
@@ -80,6 +80,7 @@ async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[
         return {}
     jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
     actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
+    await hand_back_direct(redis, worker_id)  # its routed jobs, the requeued ones among them
     await redis.delete(running_key(worker_id), worker_key(worker_id))
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
     return actions

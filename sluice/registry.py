@@ -99,13 +99,18 @@ async def live_worker_ids(redis: Redis, ttl: float) -> list[str]:
     return [worker_id.decode() for worker_id in ids]
 
 
-async def live_slots(redis: Redis, ttl: float, queue: str) -> int:
-    """Jobs the live workers of ``queue`` can run at once."""
+async def live_adverts(redis: Redis, ttl: float, queue: str) -> list[WorkerInfo]:
+    """What the live workers of ``queue`` that take jobs (not draining) advertise."""
     ids = await live_worker_ids(redis, ttl)
     if not ids:
-        return 0
+        return []
     adverts = [decode_worker(raw) for raw in await redis.mget([worker_key(i) for i in ids]) if raw]
-    return sum(info.slots for info in adverts if info.queue == queue and not info.draining)
+    return [info for info in adverts if info.queue == queue and not info.draining]
+
+
+async def live_slots(redis: Redis, ttl: float, queue: str) -> int:
+    """Jobs the live workers of ``queue`` can run at once."""
+    return sum(info.slots for info in await live_adverts(redis, ttl, queue))
 
 
 async def silent_workers(redis: Redis, ttl: float) -> list[str]:

@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 from arq import Worker
@@ -28,10 +28,12 @@ from sluice.contract import (
     GENERATE,
     WorkerInfo,
     deserialize_arq_job,
+    direct_queue_key,
     queue_key,
     serialize_arq_job,
     tokenizer_key,
 )
+from sluice.queues import hand_back_direct
 from sluice.recovery import Recovery
 from sluice.registry import deregister, heartbeat
 from worker import metrics
@@ -41,11 +43,14 @@ from worker.inflight import InFlight
 from worker.job import JobDeps, generate
 from worker.metrics import serve_metrics
 from worker.publish import EventPublisher
+from worker.slots import SharedSlots
 
 log = logging.getLogger("sluice.worker")
 
 
-def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, concurrency: int) -> Worker:
+def build_worker(
+    settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, concurrency: int, **hooks: Any
+) -> Worker:
     return Worker(
         functions=[func(generate, name=GENERATE, timeout=settings.job_timeout)],
         queue_name=queue,
@@ -59,6 +64,7 @@ def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, 
         ctx={"sluice": deps},
         job_serializer=serialize_arq_job,
         job_deserializer=deserialize_arq_job,
+        **hooks,
     )
 
 
@@ -123,7 +129,20 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         inflight=inflight,
         adapters=settings.adapters_path(),
     )
-    worker = build_worker(settings, deps, queue, pool, concurrency)
+    # The shared queue, and this worker's own (jobs routed here): one budget of slots for both.
+    slots = SharedSlots(concurrency)
+    direct_pool = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=serialize_arq_job,
+        job_deserializer=deserialize_arq_job,
+        default_queue_name=direct_queue_key(worker_id),
+    )
+    workers = [
+        build_worker(settings, deps, queue, pool, concurrency, **slots.hooks(0)),
+        build_worker(settings, deps, direct_queue_key(worker_id), direct_pool, concurrency, **slots.hooks(1)),
+    ]
+    for worker in workers:
+        slots.add(worker)
     info = WorkerInfo(
         id=worker_id,
         model=served.name,
@@ -135,7 +154,12 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
 
     serve_metrics(settings.host, settings.worker_metrics_port)
     advert = info
-    beating = asyncio.create_task(heartbeat(pool, lambda: advert, settings.heartbeat_ttl))
+
+    def advertise() -> WorkerInfo:
+        slots.rebalance()
+        return msgspec.structs.replace(advert, running=slots.running, adapters=engine.loaded_adapters())
+
+    beating = asyncio.create_task(heartbeat(pool, advertise, settings.heartbeat_ttl))
     recovery = Recovery(
         pool,
         [queue],
@@ -145,11 +169,11 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         observe=lambda action: metrics.RECOVERED.labels(action).inc(),
     )
     background = [asyncio.create_task(recovery.run()), asyncio.create_task(inflight.watch())]
-    running = asyncio.create_task(_poll_queue(worker))
+    polling = [asyncio.create_task(_poll_queue(worker)) for worker in workers]
     log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, concurrency)
     stopping = asyncio.create_task(stop.wait())
     failing = asyncio.create_task(engine.until_failed())
-    await asyncio.wait({running, stopping, failing, beating}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({*polling, stopping, failing, beating}, return_when=asyncio.FIRST_COMPLETED)
     if beating.done():
         _evicted(beating)
     if failing.done():
@@ -158,23 +182,29 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     # Stop taking jobs, let in-flight ones finish, then hand back what is left (arq re-queues it).
     # Heartbeats go on meanwhile (as draining: no free slots), so recovery still sees this worker
     # alive and its jobs as its own; it leaves the registry only once it holds no job.
-    worker.allow_pick_jobs = False
+    for worker in workers:
+        worker.allow_pick_jobs = False
     advert = msgspec.structs.replace(info, draining=True)
-    in_flight = [t for t in worker.tasks.values() if not t.done()]
+    with contextlib.suppress(RedisError, OSError):  # routed here but not started: others take them
+        await hand_back_direct(pool, worker_id)
+    in_flight = [t for worker in workers for t in worker.tasks.values() if not t.done()]
     if in_flight:
         log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
         await asyncio.wait(in_flight, timeout=settings.shutdown_grace)
     for task in (beating, stopping, failing, *background):
         task.cancel()
-    leftover = [t for t in worker.tasks.values() if not t.done()]
+    leftover = [t for worker in workers for t in worker.tasks.values() if not t.done()]
     for task in leftover:
-        task.cancel()  # arq hands each back to the queue (attempt + 1)
+        task.cancel()  # arq hands each back to its queue (attempt + 1)
     await asyncio.gather(*leftover, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
+        await hand_back_direct(pool, worker_id)  # the handed-back routed ones too
         await deregister(pool, worker_id)
-    await worker.close()  # closes the pool
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+    for worker in workers:
+        await worker.close()  # closes its pool
+    for task in polling:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     log.info("worker %s stopped", worker_id)
     return 1 if failing.done() and not failing.cancelled() else 0
 

@@ -17,6 +17,7 @@ from gateway.generation import Generations
 from gateway.metrics import label_model, request_id_of
 from gateway.native.protocol import RunEnvelope, RunRequest
 from gateway.native.serving import run_json, run_stream
+from gateway.routing import SESSION_HEADER
 from gateway.sse import HEADERS
 from gateway.streaming import first_output
 from sluice.config import Settings
@@ -49,8 +50,9 @@ class NativeController(Controller):
         served = settings.served(model.lstrip("/"))
         request_id = request_id_of(request)
         busy_rejects = payload.options is not None and payload.options.reject_if_busy
+        session = request.headers.get(SESSION_HEADER)
         handle = await generations.start(
-            served.name, payload, request_id, caller=caller, reject_if_busy=busy_rejects
+            served.name, payload, request_id, caller=caller, reject_if_busy=busy_rejects, session=session
         )
         label_model(request, served.name)
         # cf-ai-req-id is the header Workers AI clients read the request id from.

@@ -44,6 +44,9 @@ class SyntheticEngine:
     def tokenizer_json(self) -> str | None:
         return None
 
+    def loaded_adapters(self) -> list[str]:
+        return []  # made-up tokens: an adapter would change nothing worth measuring
+
     def submit(self, request_id: str, request: EngineRequest) -> Generation:
         task: asyncio.Task[None]
         generation = Generation(cancel=lambda: self._cancel(task))

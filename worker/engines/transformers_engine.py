@@ -334,6 +334,9 @@ class TransformersEngine:
         text: str = self.tokenizer.backend_tokenizer.to_str()
         return text
 
+    def loaded_adapters(self) -> list[str]:
+        return self.adapters.names
+
     async def close(self) -> None:
         self._stopping = True
         self._pending.put(None)

@@ -17,6 +17,7 @@ from gateway.metrics import label_model, request_id_of
 from gateway.openai.completions.protocol import CompletionRequest, TextCompletion
 from gateway.openai.completions.serving import completion_json, completion_stream
 from gateway.openai.completions.translate import to_native
+from gateway.routing import SESSION_HEADER
 from gateway.sse import HEADERS
 from gateway.streaming import first_output
 
@@ -42,7 +43,8 @@ class CompletionsController(Controller):
         payload = strict(data, CompletionRequest)
         native = to_native(payload)
         request_id = request_id_of(request)
-        handle = await generations.start(payload.model, native, request_id, caller=caller)
+        session = request.headers.get(SESSION_HEADER)
+        handle = await generations.start(payload.model, native, request_id, caller=caller, session=session)
         label_model(request, handle.job.model)  # the base model: adapters would be unbounded
         if not payload.stream:
             return Response(await completion_json(handle, request.receive, payload.model))

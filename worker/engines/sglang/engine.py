@@ -207,6 +207,9 @@ class SGLangEngine:
         text: str = self._tokenizer.backend_tokenizer.to_str()
         return text
 
+    def loaded_adapters(self) -> list[str]:
+        return self.adapters.names
+
     def submit(self, request_id: str, request: EngineRequest) -> Generation:
         task: asyncio.Task[None]
         generation = Generation(cancel=lambda: self._cancel(request_id, task))

@@ -1,0 +1,79 @@
+"""Where a job goes: its model's shared queue, which any of the model's workers takes from, or one
+worker's own queue, when the job is better off there.
+
+- A LoRA request goes to a worker that holds its adapter loaded and has a free slot; else to
+  the worker with the most room, which loads it (so a hot adapter spreads once its holders are
+  full). Workers advertise their adapters with each heartbeat; until the next one, this gateway
+  remembers where it just sent each adapter, so a burst for a new adapter lands on one worker.
+- Requests with the same ``x-session-affinity`` go to the same worker while it lives, so its
+  prefix cache serves the conversation's growing prompt.
+- Everything else, and everything while no worker is alive, goes to the shared queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from redis.asyncio import Redis
+
+from sluice.contract import AdapterRef, WorkerInfo, affinity_key, queue_key
+from sluice.registry import live_adverts
+
+#: The request header that pins a conversation to one worker (a Workers AI convention).
+SESSION_HEADER = "x-session-affinity"
+#: Seconds a session stays pinned to its worker after its last request.
+AFFINITY_SECONDS = 600
+#: Seconds the workers' adverts are reused for: they change at heartbeat pace.
+_ADVERTS_SECONDS = 0.5
+
+
+def _free(worker: WorkerInfo) -> int:
+    return worker.slots - worker.running
+
+
+class JobRouter:
+    def __init__(self, redis: Redis, heartbeat_ttl: float) -> None:
+        self._redis = redis
+        self._ttl = heartbeat_ttl
+        self._adverts: dict[str, tuple[float, list[WorkerInfo]]] = {}
+        self._sent: dict[str, tuple[str, float]] = {}  # adapter id -> (worker id, when)
+
+    async def route(self, model: str, adapter: AdapterRef | None, session: str | None) -> str | None:
+        """The worker to send a job to, or ``None`` for the shared queue."""
+        if adapter is None and session is None:
+            return None
+        workers = await self._live(queue_key(model))
+        if not workers:
+            return None
+        if session is None:
+            return self._for_adapter(workers, adapter)
+        key = affinity_key(hashlib.sha256(session.encode()).hexdigest()[:32])
+        pinned = await self._redis.get(key)
+        chosen = pinned.decode() if pinned is not None else None
+        if chosen not in {worker.id for worker in workers}:
+            chosen = self._for_adapter(workers, adapter)
+        await self._redis.set(key, chosen, ex=AFFINITY_SECONDS)
+        return chosen
+
+    def _for_adapter(self, workers: list[WorkerInfo], adapter: AdapterRef | None) -> str:
+        now = time.monotonic()
+        holders = {w.id for w in workers if adapter is not None and adapter.id in w.adapters}
+        if adapter is not None and (sent := self._sent.get(adapter.id)) and now - sent[1] < self._ttl:
+            holders.add(sent[0])  # sent there moments ago: loaded, or loading, by now
+        with_room = [w for w in workers if w.id in holders and _free(w) > 0]
+        if with_room:
+            chosen = max(with_room, key=_free)
+        else:  # the most room; ties: a holder, then the fewest adapters to make room among
+            chosen = max(workers, key=lambda w: (_free(w), w.id in holders, -len(w.adapters)))
+        if adapter is not None:
+            self._sent[adapter.id] = (chosen.id, now)
+        return chosen.id
+
+    async def _live(self, queue: str) -> list[WorkerInfo]:
+        now = time.monotonic()
+        cached = self._adverts.get(queue)
+        if cached is None or now - cached[0] > _ADVERTS_SECONDS:
+            cached = (now, await live_adverts(self._redis, self._ttl, queue))
+            self._adverts[queue] = cached
+        return cached[1]
