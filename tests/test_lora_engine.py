@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from prometheus_client import REGISTRY
 from transformers import AutoModelForCausalLM
 
 from sluice.config import DEFAULT_MODELS, load_settings
@@ -75,6 +76,11 @@ def peft_reference(engine: TransformersEngine, adapter: AdapterFiles) -> str:
     return text
 
 
+def counted(what: str) -> float:
+    value = REGISTRY.get_sample_value(f"sluice_worker_adapter_{what}_total", {"engine": "transformers"})
+    return value or 0.0
+
+
 async def run(engine: TransformersEngine, adapter: AdapterFiles | None, rid: str) -> str:
     text, _, _ = await collect(engine.submit(rid, with_adapter(adapter)))
     return text
@@ -83,10 +89,15 @@ async def run(engine: TransformersEngine, adapter: AdapterFiles | None, rid: str
 async def test_each_adapter_changes_the_answer_as_peft_does(
     lora_engine: TransformersEngine, adapters: dict[str, AdapterFiles]
 ) -> None:
+    before = {name: counted(name) for name in ("loads", "evictions")}
     base = await run(lora_engine, None, "base")
     a = await run(lora_engine, adapters["a"], "a")
     b = await run(lora_engine, adapters["b"], "b")
     assert len({base, a, b}) == 3, (base, a, b)
+    # Room for one: b's load evicted a; the worker's metrics say so.
+    assert counted("loads") - before["loads"] == 2
+    assert counted("evictions") - before["evictions"] == 1
+    assert REGISTRY.get_sample_value("sluice_worker_adapters_loaded", {"engine": "transformers"}) == 1
     assert a == peft_reference(lora_engine, adapters["a"])
     assert b == peft_reference(lora_engine, adapters["b"])
 

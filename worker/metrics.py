@@ -28,6 +28,15 @@ ADAPTER_LOADS = Counter("sluice_worker_adapter_loads", "LoRA adapters loaded on 
 ADAPTER_EVICTIONS = Counter(
     "sluice_worker_adapter_evictions", "LoRA adapters unloaded to make room (least recently used)", ["engine"]
 )
+
+
+def adapters_seen(engine: str) -> None:
+    """Start an engine's adapter series at zero, so dashboards show them before the first load."""
+    ADAPTERS_LOADED.labels(engine).set(0)
+    ADAPTER_LOADS.labels(engine)
+    ADAPTER_EVICTIONS.labels(engine)
+
+
 RECOVERED = Counter(
     "sluice_worker_recovered_jobs",
     "Jobs of killed workers this worker took over: requeued or failed (half-sent streams)",

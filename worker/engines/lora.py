@@ -50,6 +50,7 @@ class Adapters:
         self.capacity = capacity
         self._model: PeftModel | None = None
         self._loaded: OrderedDict[str, None] = OrderedDict()
+        metrics.adapters_seen("transformers")
 
     def __contains__(self, name: str) -> bool:
         return name in self._loaded

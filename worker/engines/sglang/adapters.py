@@ -29,6 +29,7 @@ class SGLangAdapters:
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._in_use: Counter[str] = Counter()
+        metrics.adapters_seen("sglang")
 
     @property
     def names(self) -> list[str]:
