@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 
-from sluice.contract import GENERATE, Job, direct_queue_key, encode, queue_key, serialize_arq_job
+from sluice.contract import GENERATE, Job, encode, queue_key, serialize_arq_job
 from sluice.fairqueue import Backlog, FairQueue
 from sluice.registry import live_slots
 
@@ -32,16 +32,18 @@ class JobQueue:
     def redis(self) -> ArqRedis:
         return self._redis
 
-    async def submit(self, job: Job, *, account: str, cost: int, worker: str | None = None) -> None:
+    async def submit(self, job: Job, *, account: str, cost: int, worker: str | None = None) -> bool:
         """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
-        ``worker``, on that worker's own queue (``gateway/routing.py``), else the model's."""
+        ``worker``, on that worker's own queue (``gateway/routing.py``) if it still takes jobs,
+        else on the model's. Whether it went to the worker."""
         enqueued_ms = int(job.enqueued_at * 1000)
         data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
-        await self._fair.enqueue(
-            direct_queue_key(worker) if worker is not None else queue_key(job.model),
+        return await self._fair.enqueue(
+            queue_key(job.model),
             job.id,
             job_key_prefix + job.id,
             data,
+            worker=worker,
             expires_ms=JOB_EXPIRES_MS,
             account=account,
             cost=cost,

@@ -28,16 +28,13 @@ AFFINITY_SECONDS = 600
 _ADVERTS_SECONDS = 0.5
 
 
-def _free(worker: WorkerInfo) -> int:
-    return worker.slots - worker.running
-
-
 class JobRouter:
     def __init__(self, redis: Redis, heartbeat_ttl: float) -> None:
         self._redis = redis
         self._ttl = heartbeat_ttl
         self._adverts: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self._sent: dict[str, tuple[str, float]] = {}  # adapter id -> (worker id, when)
+        self._assigned: dict[str, int] = {}  # worker id -> jobs routed since its advert was read
 
     async def route(self, model: str, adapter: AdapterRef | None, session: str | None) -> str | None:
         """The worker to send a job to, or ``None`` for the shared queue."""
@@ -53,11 +50,18 @@ class JobRouter:
         chosen = pinned.decode() if pinned is not None else None
         if chosen not in {worker.id for worker in workers}:
             chosen = self._for_adapter(workers, adapter)
+        else:
+            self._assigned[chosen] = self._assigned.get(chosen, 0) + 1
         await self._redis.set(key, chosen, ex=AFFINITY_SECONDS)
         return chosen
 
+    def _free(self, worker: WorkerInfo) -> int:
+        """Its free slots as advertised, less what this gateway routed there since."""
+        return worker.slots - worker.running - self._assigned.get(worker.id, 0)
+
     def _for_adapter(self, workers: list[WorkerInfo], adapter: AdapterRef | None) -> str:
         now = time.monotonic()
+        _free = self._free
         holders = {w.id for w in workers if adapter is not None and adapter.id in w.adapters}
         if adapter is not None and (sent := self._sent.get(adapter.id)) and now - sent[1] < self._ttl:
             holders.add(sent[0])  # sent there moments ago: loaded, or loading, by now
@@ -68,6 +72,7 @@ class JobRouter:
             chosen = max(workers, key=lambda w: (_free(w), w.id in holders, -len(w.adapters)))
         if adapter is not None:
             self._sent[adapter.id] = (chosen.id, now)
+        self._assigned[chosen.id] = self._assigned.get(chosen.id, 0) + 1
         return chosen.id
 
     async def _live(self, queue: str) -> list[WorkerInfo]:
@@ -76,4 +81,6 @@ class JobRouter:
         if cached is None or now - cached[0] > _ADVERTS_SECONDS:
             cached = (now, await live_adverts(self._redis, self._ttl, queue))
             self._adverts[queue] = cached
+            for worker in cached[1]:  # their adverts count what was routed to them until now
+                self._assigned.pop(worker.id, None)
         return cached[1]

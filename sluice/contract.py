@@ -33,9 +33,15 @@ def queue_key(model: str) -> str:
     return f"sluice:queue:{model}"
 
 
-def direct_queue_key(worker_id: str) -> str:
-    """The arq queue of jobs routed to one worker (its adapter, a session's affinity)."""
-    return f"sluice:direct:{worker_id}"
+def direct_queue_key(queue: str, worker_id: str) -> str:
+    """The arq queue of ``queue``'s jobs routed to one worker (its adapter, a session's affinity)."""
+    return f"{queue}:worker:{worker_id}"
+
+
+def accepting_key(worker_id: str) -> str:
+    """Present while a worker takes routed jobs (refreshed with its heartbeat; gone when it drains,
+    stops or dies): without it, the gateway's enqueue sends them to the shared queue instead."""
+    return f"sluice:accepting:{worker_id}"
 
 
 def affinity_key(session: str) -> str:

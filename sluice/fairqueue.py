@@ -20,10 +20,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from sluice.contract import fair_clock_key, fair_tags_key
+from sluice.contract import accepting_key, direct_queue_key, fair_clock_key, fair_tags_key
 from sluice.ids import issued_at
 
 #: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
@@ -34,29 +35,59 @@ MS_PER_TOKEN = 0.001
 #: Idle this long, a queue's tags and clock are forgotten; they start again from the next arrival.
 STATE_TTL_MS = 86_400_000
 _CLOCK = "v"
+#: A new clock starts this far before its first arrival, so that tags stay in the past (due for
+#: arq) even for a burst that arrives before any job has started.
+CLOCK_LEAD_MS = 60_000
 #: How many of the jobs next in line are read for the oldest one's wait. Each account's oldest
 #: waiting job is its lowest-tagged, near the clock, so these hold the oldest of up to as many
 #: accounts.
 OLDEST_AMONG = 64
 
-# KEYS: queue, job key, tags, clock.  ARGV: job id, job data, job data TTL (ms), account, cost
-# (tokens), now (ms), MS_PER_TOKEN, STATE_TTL_MS.  Returns the job's tag.
+# KEYS: the model's queue, job key, its tags, its clock; a worker's own queue, its tags, its
+# clock, and that worker's accepting key (the model's four again when not routed).
+# ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
+# STATE_TTL_MS, CLOCK_LEAD_MS.  Returns the tag and whether the job went to the worker's queue.
+# Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
+# dies never has a job land in its queue after it handed that queue back.
 # Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
 _ENQUEUE = """
-local clock = redis.call('ZSCORE', KEYS[4], 'v')
-if not clock then
-  clock = ARGV[6]
-  redis.call('ZADD', KEYS[4], clock, 'v')
+local queue, tags, clock_key, routed = KEYS[1], KEYS[3], KEYS[4], 0
+if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
+  queue, tags, clock_key, routed = KEYS[5], KEYS[6], KEYS[7], 1
 end
-redis.call('PEXPIRE', KEYS[4], ARGV[8])
+local clock = redis.call('ZSCORE', clock_key, 'v')
+if not clock then
+  clock = string.format('%.17g', tonumber(ARGV[6]) - tonumber(ARGV[9]))
+  redis.call('ZADD', clock_key, clock, 'v')
+end
+redis.call('PEXPIRE', clock_key, ARGV[8])
 local step = tonumber(ARGV[7])
-local tag = math.max(tonumber(clock) + step, tonumber(redis.call('ZSCORE', KEYS[3], ARGV[4]) or 0))
+local tag = math.max(tonumber(clock) + step, tonumber(redis.call('ZSCORE', tags, ARGV[4]) or 0))
 local finish = tag + tonumber(ARGV[5]) * step
-redis.call('ZADD', KEYS[3], string.format('%.17g', finish), ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[8])
+redis.call('ZADD', tags, string.format('%.17g', finish), ARGV[4])
+redis.call('PEXPIRE', tags, ARGV[8])
 redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
-redis.call('ZADD', KEYS[1], string.format('%.17g', tag), ARGV[1])
-return string.format('%.17g', tag)
+redis.call('ZADD', queue, string.format('%.17g', tag), ARGV[1])
+return {string.format('%.17g', tag), routed}
+"""
+
+# KEYS: a worker's own queue, the model's queue, its clock.  ARGV: MS_PER_TOKEN, now (ms),
+# CLOCK_LEAD_MS, arq's in-progress key prefix.  Moves every job not running to the model's queue,
+# tagged half a token past its clock: above it (waiting), below any new arrival (they have waited
+# already: the front of the line). Returns how many. One script: no job starts mid-move.
+_HAND_BACK = """
+local clock = redis.call('ZSCORE', KEYS[3], 'v')
+local start = clock and tonumber(clock) or (tonumber(ARGV[2]) - tonumber(ARGV[3]))
+local tag = string.format('%.17g', start + tonumber(ARGV[1]) / 2)
+local moved = 0
+for _, job in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[4] .. job) == 0 then
+    redis.call('ZADD', KEYS[2], tag, job)
+    redis.call('ZREM', KEYS[1], job)
+    moved = moved + 1
+  end
+end
+return moved
 """
 
 # Jobs tagged at or below the clock have started (workers take them in tag order): arq keeps
@@ -100,6 +131,7 @@ class FairQueue:
         self._redis = redis
         self._enqueue = redis.register_script(_ENQUEUE)
         self._backlog = redis.register_script(_BACKLOG)
+        self._hand_back = redis.register_script(_HAND_BACK)
 
     async def enqueue(
         self,
@@ -108,16 +140,35 @@ class FairQueue:
         job_key: str,
         data: bytes,
         *,
+        worker: str | None,
         expires_ms: int,
         account: str,
         cost: int,
         now_ms: int,
-    ) -> float:
-        """Store the job's data and queue it at its account's tag, atomically; returns the tag."""
-        keys = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
+    ) -> bool:
+        """Store the job's data and queue it at its account's tag, atomically: on ``worker``'s own
+        queue if it names one that still accepts jobs, else on ``queue``. Whether it was routed."""
+        shared = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
+        routed = shared
+        if worker is not None:
+            direct = direct_queue_key(queue, worker)
+            routed = [direct, fair_tags_key(direct), fair_clock_key(direct), accepting_key(worker)]
         args: list[bytes | str | int | float]
-        args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS]
-        return float(await self._enqueue(keys=keys, args=args))
+        args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS, CLOCK_LEAD_MS]
+        _, went = await self._enqueue(keys=[*shared, *routed], args=args)
+        return bool(went)
+
+    async def hand_back(self, queue: str, worker: str) -> int:
+        """Move the jobs routed to ``worker`` that it has not started to ``queue``, ahead of what
+        waits there (they have waited already); returns how many."""
+        keys = [direct_queue_key(queue, worker), queue, fair_clock_key(queue)]
+        args: list[str | int | float] = [
+            MS_PER_TOKEN,
+            int(time.time() * 1000),
+            CLOCK_LEAD_MS,
+            in_progress_key_prefix,
+        ]
+        return int(await self._hand_back(keys=keys, args=args))
 
     async def backlog(self, queue: str, account: str | None = None) -> Backlog:
         """The queue as a new job of ``account`` would find it (``None``: the whole queue)."""

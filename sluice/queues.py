@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
-from arq.jobs import deserialize_job
+from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from sluice.contract import decode_job, deserialize_arq_job, direct_queue_key, queue_key
+from sluice.fairqueue import FairQueue
 
 #: How many of a queue's oldest entries are read at a time, and at most (past them, every entry
 #: counts as waiting): enough for thousands of running jobs ahead of the first waiting one.
@@ -58,19 +57,7 @@ async def head(redis: Redis, queue: str) -> tuple[int, list[Entry]]:
     return int(total), read
 
 
-async def hand_back_direct(redis: Redis, worker_id: str) -> int:
-    """Move the jobs routed to a worker that stops (or died) to their models' shared queues, where
-    any worker takes them (loading their adapter if need be). Tags are kept: they stay near the
-    front. Returns how many moved."""
-    direct = direct_queue_key(worker_id)
-    moved = 0
-    for job_id, tag in await redis.zrange(direct, 0, -1, withscores=True):
-        payload = await redis.get(job_key_prefix + job_id.decode())
-        async with redis.pipeline(transaction=True) as pipe:
-            if payload is not None:  # else it ended meanwhile: only its entry is left to drop
-                job = decode_job(deserialize_job(payload, deserializer=deserialize_arq_job).args[0])
-                pipe.zadd(queue_key(job.model), {job_id: tag})
-                moved += 1
-            pipe.zrem(direct, job_id)
-            await pipe.execute()
-    return moved
+async def hand_back_direct(redis: Redis, queue: str, worker_id: str) -> int:
+    """Move the jobs routed to a worker that stops (or died) and not running there to ``queue``,
+    its model's shared queue, where any worker takes them (loading their adapter if need be)."""
+    return await FairQueue(redis).hand_back(queue, worker_id)

@@ -74,13 +74,17 @@ async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
     return "requeued"
 
 
-async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[str, Action]:
-    """The jobs of a silent worker, once it is claimed (``{}`` if another process claimed it)."""
+async def recover_worker(
+    redis: Redis, worker_id: str, stream_ttl: int, queues: Sequence[str] = ()
+) -> dict[str, Action]:
+    """The jobs of a silent worker, once it is claimed (``{}`` if another process claimed it);
+    the jobs routed to it go back to ``queues``, the shared queues it may have served."""
     if not await claim(redis, worker_id):
         return {}
     jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
     actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
-    await hand_back_direct(redis, worker_id)  # its routed jobs, the requeued ones among them
+    for queue in queues:  # its routed jobs, the requeued ones among them
+        await hand_back_direct(redis, queue, worker_id)
     await redis.delete(running_key(worker_id), worker_key(worker_id))
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
     return actions
@@ -134,7 +138,7 @@ class Recovery:
             if not self._steady.reached():
                 return actions
             for worker_id in silent:
-                actions |= await recover_worker(self._redis, worker_id, self._stream_ttl)
+                actions |= await recover_worker(self._redis, worker_id, self._stream_ttl, self._queues)
             grace_ms = int(self._ttl * 2000)
             for queue in self._queues:
                 for job_id in await unrecorded_claims(self._redis, queue, self._claim_ms, grace_ms):

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from sluice.contract import (
     WORKERS_KEY,
     WorkerInfo,
+    accepting_key,
     decode_worker,
     encode,
     gateway_key,
@@ -62,6 +63,10 @@ async def beat(redis: Redis, info: WorkerInfo, ttl: float) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zadd(WORKERS_KEY, {info.id: int(time.time() * 1000)})
         pipe.set(worker_key(info.id), encode(info), px=int(ttl * 1000))
+        if info.draining:
+            pipe.delete(accepting_key(info.id))
+        else:
+            pipe.set(accepting_key(info.id), b"1", px=int(ttl * 1000))
         pipe.exists(tombstone_key(info.id))
         *_, evicted = await pipe.execute()
     if evicted:
@@ -79,10 +84,15 @@ async def heartbeat(redis: Redis, info: Callable[[], WorkerInfo], ttl: float) ->
         await asyncio.sleep(ttl / 3)
 
 
+async def stop_accepting(redis: Redis, worker_id: str) -> None:
+    """From now on, jobs meant for this worker go to the shared queue instead."""
+    await redis.delete(accepting_key(worker_id))
+
+
 async def deregister(redis: Redis, worker_id: str) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(WORKERS_KEY, worker_id)
-        pipe.delete(worker_key(worker_id), running_key(worker_id))
+        pipe.delete(worker_key(worker_id), running_key(worker_id), accepting_key(worker_id))
         await pipe.execute()
 
 

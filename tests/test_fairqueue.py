@@ -11,6 +11,7 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 
+from sluice.contract import accepting_key, direct_queue_key
 from sluice.fairqueue import FairQueue, advance_clock
 from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
@@ -30,7 +31,15 @@ async def enqueue(fair: FairQueue, account: str, cost: int = 100) -> str:
     job_id = new_id()
     now_ms = int(time.time() * 1000)
     await fair.enqueue(
-        QUEUE, job_id, f"job:{job_id}", b"{}", expires_ms=60_000, account=account, cost=cost, now_ms=now_ms
+        QUEUE,
+        job_id,
+        f"job:{job_id}",
+        b"{}",
+        worker=None,
+        expires_ms=60_000,
+        account=account,
+        cost=cost,
+        now_ms=now_ms,
     )
     return job_id
 
@@ -83,3 +92,41 @@ async def test_the_backlog_is_what_waits_ahead_of_the_accounts_next_job(redis: R
     assert flooder.waiting == 28, "all of the flooder's own backlog is ahead of its next job"
     assert quiet.waiting == 0, "nothing is ahead of an idle account's next job"
     assert 0 <= whole.oldest_wait < 5
+
+
+async def test_a_job_is_routed_only_to_a_worker_that_accepts_and_handed_back_unless_running(
+    redis: Redis,
+) -> None:
+    fair = FairQueue(redis)
+
+    async def routed(worker: str) -> tuple[str, bool]:
+        job_id = new_id()
+        went = await fair.enqueue(
+            QUEUE,
+            job_id,
+            f"job:{job_id}",
+            b"{}",
+            worker=worker,
+            expires_ms=60_000,
+            account="a",
+            cost=1,
+            now_ms=int(time.time() * 1000),
+        )
+        return job_id, went
+
+    direct = direct_queue_key(QUEUE, "w1")
+    gone, went = await routed("w1")  # no accepting key: stopped, draining or dead
+    assert not went
+    assert await redis.zscore(QUEUE, gone) is not None
+    await redis.set(accepting_key("w1"), b"1")
+    running, went_running = await routed("w1")
+    waiting, went_waiting = await routed("w1")
+    assert went_running
+    assert went_waiting
+    assert set(await redis.zrange(direct, 0, -1)) == {running.encode(), waiting.encode()}
+    await redis.set(f"arq:in-progress:{running}", b"1")  # w1 runs this one
+    await redis.delete(accepting_key("w1"))  # ... and drains
+    assert await fair.hand_back(QUEUE, "w1") == 1
+    assert await redis.zrange(direct, 0, -1) == [running.encode()], "a running job stays with its worker"
+    ahead = await redis.zrange(QUEUE, 0, 0)
+    assert ahead == [waiting.encode()], "a handed-back job has waited already: it goes first"

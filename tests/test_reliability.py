@@ -69,9 +69,9 @@ class Site:
     def worker(self, **settings: str) -> subprocess.Popen[bytes]:
         process = self._start("worker", **settings)
         client = self.redis_client()
-        before = int(client.zcard(WORKERS_KEY))  # type: ignore[arg-type]
-        # It takes jobs once it has registered.
-        until(lambda: process.poll() is not None or int(client.zcard(WORKERS_KEY)) > before)  # type: ignore[arg-type]
+        before = set(client.zrange(WORKERS_KEY, 0, -1))  # type: ignore[arg-type]
+        # It takes jobs once it has registered (by a new id: a dead one may leave meanwhile).
+        until(lambda: process.poll() is not None or bool(set(client.zrange(WORKERS_KEY, 0, -1)) - before))  # type: ignore[arg-type]
         assert process.poll() is None, "the worker did not start"
         return process
 

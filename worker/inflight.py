@@ -19,7 +19,7 @@ from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import Job, gateway_key, queue_key, running_key
+from sluice.contract import Job, gateway_key, running_key
 from sluice.fairqueue import advance_clock
 from sluice.registry import Steady
 
@@ -33,11 +33,11 @@ class InFlight:
         self._ttl = heartbeat_ttl
         self._readers: dict[str, str] = {}  # job id -> its gateway
 
-    async def start(self, job: Job) -> bool:
+    async def start(self, job: Job, queue: str) -> bool:
         """Record the job as running here (and its queue's fair-share clock as moved up to it);
         ``False`` if its gateway is already gone."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            advance_clock(pipe, queue_key(job.model), job.id)
+            advance_clock(pipe, queue, job.id)
             pipe.sadd(self._key, job.id)
             if job.gateway:
                 pipe.exists(gateway_key(job.gateway))

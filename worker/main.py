@@ -15,7 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import msgspec
 from arq import Worker
@@ -35,7 +35,7 @@ from sluice.contract import (
 )
 from sluice.queues import hand_back_direct
 from sluice.recovery import Recovery
-from sluice.registry import deregister, heartbeat
+from sluice.registry import deregister, heartbeat, stop_accepting
 from worker import metrics
 from worker.engines import create_engine
 from worker.engines.base import Engine, EngineFailed
@@ -43,28 +43,26 @@ from worker.inflight import InFlight
 from worker.job import JobDeps, generate
 from worker.metrics import serve_metrics
 from worker.publish import EventPublisher
-from worker.slots import SharedSlots
+from worker.slots import Slots, SlottedWorker
 
 log = logging.getLogger("sluice.worker")
 
 
-def build_worker(
-    settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, concurrency: int, **hooks: Any
-) -> Worker:
-    return Worker(
+def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, slots: Slots) -> Worker:
+    return SlottedWorker(
         functions=[func(generate, name=GENERATE, timeout=settings.job_timeout)],
         queue_name=queue,
         redis_pool=pool,
-        max_jobs=concurrency,
+        max_jobs=slots.slots,
+        slots=slots,
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,
         keep_result=0,
         job_timeout=settings.job_timeout,
         handle_signals=False,
-        ctx={"sluice": deps},
+        ctx={"sluice": deps, "queue": queue},
         job_serializer=serialize_arq_job,
         job_deserializer=deserialize_arq_job,
-        **hooks,
     )
 
 
@@ -130,19 +128,17 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         adapters=settings.adapters_path(),
     )
     # The shared queue, and this worker's own (jobs routed here): one budget of slots for both.
-    slots = SharedSlots(concurrency)
+    slots = Slots(concurrency)
     direct_pool = await create_pool(
         RedisSettings.from_dsn(settings.redis_url),
         job_serializer=serialize_arq_job,
         job_deserializer=deserialize_arq_job,
-        default_queue_name=direct_queue_key(worker_id),
+        default_queue_name=direct_queue_key(queue, worker_id),
     )
     workers = [
-        build_worker(settings, deps, queue, pool, concurrency, **slots.hooks(0)),
-        build_worker(settings, deps, direct_queue_key(worker_id), direct_pool, concurrency, **slots.hooks(1)),
+        build_worker(settings, deps, queue, pool, slots),
+        build_worker(settings, deps, direct_queue_key(queue, worker_id), direct_pool, slots),
     ]
-    for worker in workers:
-        slots.add(worker)
     info = WorkerInfo(
         id=worker_id,
         model=served.name,
@@ -156,7 +152,6 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     advert = info
 
     def advertise() -> WorkerInfo:
-        slots.rebalance()
         return msgspec.structs.replace(advert, running=slots.running, adapters=engine.loaded_adapters())
 
     beating = asyncio.create_task(heartbeat(pool, advertise, settings.heartbeat_ttl))
@@ -185,8 +180,11 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     for worker in workers:
         worker.allow_pick_jobs = False
     advert = msgspec.structs.replace(info, draining=True)
-    with contextlib.suppress(RedisError, OSError):  # routed here but not started: others take them
-        await hand_back_direct(pool, worker_id)
+    with contextlib.suppress(RedisError, OSError):
+        # No job is routed here from now on (the gateways' enqueue checks, atomically); those
+        # already routed but not started go to the shared queue, where others take them.
+        await stop_accepting(pool, worker_id)
+        await hand_back_direct(pool, queue, worker_id)
     in_flight = [t for worker in workers for t in worker.tasks.values() if not t.done()]
     if in_flight:
         log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
@@ -198,7 +196,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         task.cancel()  # arq hands each back to its queue (attempt + 1)
     await asyncio.gather(*leftover, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
-        await hand_back_direct(pool, worker_id)  # the handed-back routed ones too
+        await hand_back_direct(pool, queue, worker_id)  # the handed-back routed ones too
         await deregister(pool, worker_id)
     for worker in workers:
         await worker.close()  # closes its pool

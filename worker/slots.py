@@ -2,8 +2,9 @@
 
 A worker takes jobs from its model's shared queue and from its own direct queue (jobs the gateway
 routed to it: their adapter is loaded here, or their session is pinned here). arq runs one queue
-per ``Worker``, so there are two; each may start jobs only while both together run fewer than the
-worker's slots. arq re-reads ``max_jobs`` before every poll, so moving it is enough.
+per ``Worker``, so there are two; each may start a job only while both together run fewer than
+the worker's slots. arq reads ``max_jobs`` before each poll and before each job it starts, right
+where it counts the job in, so a ``max_jobs`` computed from both counts at that moment is exact.
 """
 
 from __future__ import annotations
@@ -13,37 +14,28 @@ from typing import Any
 from arq import Worker
 
 
-class SharedSlots:
+class Slots:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._workers: list[Worker] = []
-
-    def add(self, worker: Worker) -> None:
-        self._workers.append(worker)
-        self.rebalance({})
-
-    def rebalance(self, ending: dict[int, int] | None = None) -> None:
-        """Each queue's ``max_jobs``: the slots, less what the other queues run now. ``ending``
-        discounts a job that is ending but still counted (arq counts it down after its hook). Also
-        called with each heartbeat: a job arq ends without hooks (expired, out of tries) is then
-        counted out too."""
-        ending = ending or {}
-        running = {id(w): w.job_counter - ending.get(id(w), 0) for w in self._workers}
-        total = sum(running.values())
-        for worker in self._workers:
-            worker.max_jobs = max(running[id(worker)], self.slots - (total - running[id(worker)]))
-
-    def hooks(self, worker_index: int) -> dict[str, Any]:
-        """``on_job_start`` / ``on_job_end`` for the ``worker_index``-th queue's arq ``Worker``."""
-
-        async def started(ctx: dict[str, Any]) -> None:
-            self.rebalance({})
-
-        async def ended(ctx: dict[str, Any]) -> None:
-            self.rebalance({id(self._workers[worker_index]): 1})
-
-        return {"on_job_start": started, "on_job_end": ended}
+        self.workers: list[Worker] = []
 
     @property
     def running(self) -> int:
-        return sum(w.job_counter for w in self._workers)
+        return sum(worker.job_counter for worker in self.workers)
+
+
+class SlottedWorker(Worker):
+    """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it."""
+
+    def __init__(self, *args: Any, slots: Slots, **kwargs: Any) -> None:
+        self._slots = slots
+        super().__init__(*args, **kwargs)
+        slots.workers.append(self)
+
+    @property
+    def max_jobs(self) -> int:
+        return self._slots.slots - (self._slots.running - self.job_counter)
+
+    @max_jobs.setter
+    def max_jobs(self, value: int) -> None:
+        """arq's ``__init__`` sets it; the budget is :class:`Slots`' instead."""

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -272,6 +273,8 @@ class TransformersEngine:
         self.served = served
         self.adapters = Adapters(max_adapters)
         self._parsing: dict[str, asyncio.Future[ParsedAdapter]] = {}
+        # Parsed adapters kept for the next request (and for grafting again after an eviction).
+        self._parsed: OrderedDict[str, ParsedAdapter] = OrderedDict()
         self.dtype = dtype
         self._cache_dir = Path(cache_dir)
         self._pending: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
@@ -313,6 +316,11 @@ class TransformersEngine:
 
     async def _with_adapter(self, row: _Row, adapter: AdapterFiles) -> None:
         """Queue the row once its adapter is parsed: in a thread, once however many rows ask."""
+        if (parsed := self._parsed.get(adapter.name)) is not None:
+            self._parsed.move_to_end(adapter.name)
+            row.adapter = parsed
+            self._pending.put(row)
+            return
         parsing = self._parsing.get(adapter.name)
         if parsing is None:
             parsing = asyncio.ensure_future(asyncio.to_thread(read_adapter, adapter.name, adapter.path))
@@ -320,6 +328,9 @@ class TransformersEngine:
             parsing.add_done_callback(lambda _: self._parsing.pop(adapter.name, None))
         try:
             row.adapter = await asyncio.shield(parsing)
+            self._parsed[adapter.name] = row.adapter
+            while len(self._parsed) > self.adapters.capacity:
+                self._parsed.popitem(last=False)
         except Exception as exc:
             log.exception("adapter %s does not load from %s", adapter.name, adapter.path)
             row.generation.outputs.put_nowait(internal(f"LoRA adapter {adapter.name} does not load: {exc}"))

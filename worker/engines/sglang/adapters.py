@@ -28,6 +28,7 @@ class SGLangAdapters:
         self.capacity = capacity
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._loading: dict[str, asyncio.Future[None]] = {}
+        self._unloading: dict[str, asyncio.Future[None]] = {}
         self._in_use: Counter[str] = Counter()
         metrics.adapters_seen("sglang")
 
@@ -48,6 +49,8 @@ class SGLangAdapters:
                 del self._in_use[adapter.name]
 
     async def _register(self, adapter: AdapterFiles) -> None:
+        while (unloading := self._unloading.get(adapter.name)) is not None:
+            await asyncio.shield(unloading)  # registered again only once the server let it go
         if adapter.name in self._loaded:
             self._loaded.move_to_end(adapter.name)
             return
@@ -73,8 +76,15 @@ class SGLangAdapters:
         spare = [name for name in self._loaded if name not in self._in_use and name not in self._loading]
         for name in spare[: max(0, len(self._loaded) - self.capacity)]:
             del self._loaded[name]
-            try:
-                await self._client.unload_lora_adapter(name)
-            except (SGLangRejected, SGLangUnavailable) as exc:  # it stays registered; harmless
-                log.warning("adapter %s not unloaded: %s", name, exc)
-            metrics.ADAPTER_EVICTIONS.labels("sglang").inc()
+            unloading = asyncio.ensure_future(self._unload(name))
+            self._unloading[name] = unloading
+            await asyncio.shield(unloading)
+
+    async def _unload(self, name: str) -> None:
+        try:
+            await self._client.unload_lora_adapter(name)
+        except (SGLangRejected, SGLangUnavailable) as exc:  # it stays registered; harmless
+            log.warning("adapter %s not unloaded: %s", name, exc)
+        finally:
+            self._unloading.pop(name, None)
+        metrics.ADAPTER_EVICTIONS.labels("sglang").inc()
