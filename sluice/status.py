@@ -67,7 +67,7 @@ def scrape(url: str) -> Traffic:
 
 def _workers_table(client: redis.Redis, settings: Settings) -> Table:
     table = Table(title="Workers")
-    for column in ("id", "model", "engine", "slots", "heartbeat", "up for"):
+    for column in ("id", "model", "engine", "running / slots", "adapters loaded", "heartbeat", "up for"):
         table.add_column(column)
     now = time.time()
     # redis-py's sync and async clients share annotations (``Awaitable | Any``); these are sync.
@@ -76,11 +76,13 @@ def _workers_table(client: redis.Redis, settings: Settings) -> Table:
         raw = cast(bytes | None, client.get(worker_key(raw_id.decode())))
         age = now - beat_ms / 1000
         if raw is None or age > settings.heartbeat_ttl:
-            table.add_row(raw_id.decode(), "-", "-", "-", f"[red]{age:.0f}s ago (gone)[/red]", "-")
+            table.add_row(raw_id.decode(), "-", "-", "-", "-", f"[red]{age:.0f}s ago (gone)[/red]", "-")
             continue
         info = decode_worker(raw)
         uptime = f"{(now - info.started_at) / 60:.0f} min"
-        table.add_row(info.id, info.model, info.engine, str(info.slots), f"{age:.1f}s ago", uptime)
+        load = f"{info.running} / {info.slots}" + (" (draining)" if info.draining else "")
+        adapters = str(len(info.adapters))
+        table.add_row(info.id, info.model, info.engine, load, adapters, f"{age:.1f}s ago", uptime)
     return table
 
 

@@ -26,7 +26,7 @@ def test_status_shows_queues_workers_and_traffic(stack: Stack) -> None:
     assert response.status_code == 200
     result = status(stack.redis_url, stack.url)
     assert result.returncode == 0, result.stderr
-    for shown in ("Queues", MODEL, "Workers", "transformers", "status 200"):
+    for shown in ("Queues", MODEL, "Workers", "transformers", "adapters loaded", "status 200"):
         assert shown in result.stdout
     assert "(gone)" not in result.stdout  # no worker silent past its heartbeat
 
