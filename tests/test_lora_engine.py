@@ -39,8 +39,8 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AdapterFiles
     weights = resolve_weights(DEFAULT_MODELS[0].model, Path(load_settings().cache_dir))
     root = tmp_path_factory.mktemp("adapters")
     return {
-        "a": AdapterFiles("a", make_adapter(weights, root / "a", 1, ["q_proj", "v_proj"])),
-        "b": AdapterFiles("b", make_adapter(weights, root / "b", 2, ["k_proj", "o_proj", "down_proj"])),
+        "a": AdapterFiles("ft-a", make_adapter(weights, root / "a", 1, ["q_proj", "v_proj"])),
+        "b": AdapterFiles("ft-b", make_adapter(weights, root / "b", 2, ["k_proj", "o_proj", "down_proj"])),
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,14 @@ class Adapters:
 
     def row_names(self, adapters: Sequence[str | None]) -> dict[str, Any]:
         """The forward pass's extra arguments for rows of these adapters (``None``: the base)."""
-        if self._model is None:
+        if self._model is None or not any(adapters):
             return {}
         return {"adapter_names": [name or BASE for name in adapters]}
+
+    def only_base(self, adapters: Sequence[str | None]) -> AbstractContextManager[Any]:
+        """Around a forward pass of base rows only: the LoRA layers step aside entirely, so base
+        traffic pays nothing for adapters grafted beside it (peft's mixed path would still
+        sort every row by adapter in every layer)."""
+        if self._model is None or any(adapters):
+            return nullcontext()
+        return self._model.disable_adapter()

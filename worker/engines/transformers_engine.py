@@ -407,9 +407,10 @@ class TransformersEngine:
         if row.request.json_schema is not None:
             assert self.grammars is not None
             row.constraint = self.grammars.constraint(row.request.json_schema)
-        model = self.adapters.model(self.model)
-        adapters = self.adapters.row_names([row.adapter_name])
-        out = model(input_ids=torch.tensor([row.prompt]), use_cache=True, **adapters)
+        model, names = self.adapters.model(self.model), [row.adapter_name]
+        with self.adapters.only_base(names):
+            ids = torch.tensor([row.prompt])
+            out = model(input_ids=ids, use_cache=True, **self.adapters.row_names(names))
         row.cached = len(row.prompt)
         self._accept(row, row.sample(out.logits[0, -1]))
         if not row.finished:
@@ -418,14 +419,16 @@ class TransformersEngine:
     def _step(self, batch: _Batch) -> None:
         rows = batch.rows
         mask = torch.cat([batch.mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-        out = self.adapters.model(self.model)(
-            input_ids=torch.tensor([[row.output[-1]] for row in rows]),
-            attention_mask=mask,
-            position_ids=torch.tensor([[row.cached] for row in rows]),
-            cache=batch.cache,
-            use_cache=True,
-            **self.adapters.row_names([row.adapter_name for row in rows]),
-        )
+        names = [row.adapter_name for row in rows]
+        with self.adapters.only_base(names):
+            out = self.adapters.model(self.model)(
+                input_ids=torch.tensor([[row.output[-1]] for row in rows]),
+                attention_mask=mask,
+                position_ids=torch.tensor([[row.cached] for row in rows]),
+                cache=batch.cache,
+                use_cache=True,
+                **self.adapters.row_names(names),
+            )
         batch.mask = mask
         logits = out.logits[:, -1]
         for i, row in enumerate(rows):
