@@ -97,13 +97,7 @@ def create_app(settings: Settings) -> Litestar:
         defaults = EffectiveLimits(settings.default_rpm, settings.default_tpm, settings.default_concurrency)
         limiter = RateLimiter(redis, defaults, lease_seconds=settings.job_timeout)
         counter = PromptCounter(redis, REDIS_TIMEOUT)
-        adapters = AdapterStore(
-            redis,
-            settings.adapters_path(),
-            base_models=[served.name for served in settings.models],
-            max_rank=settings.max_lora_rank,
-            max_bytes=settings.max_adapter_bytes,
-        )
+        adapters = AdapterStore.of(redis, settings)
         app.state.adapters = adapters
         generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter, adapters)
         app.state.generations = generations

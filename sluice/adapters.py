@@ -29,6 +29,7 @@ from msgspec import Struct
 from redis.asyncio import Redis
 from safetensors import SafetensorError, safe_open
 
+from sluice.config import Settings
 from sluice.contract import AdapterRef, finetune_key, finetune_names_key
 from sluice.errors import ErrorCode, SluiceError, bad_input, no_such_model, too_large
 
@@ -308,6 +309,17 @@ class AdapterStore:
         self.base_models = base_models
         self.max_rank = max_rank
         self.max_bytes = max_bytes
+
+    @classmethod
+    def of(cls, redis: Redis, settings: Settings) -> AdapterStore:
+        """The store as the settings describe it (the gateway's and ``sluice lora``'s)."""
+        return cls(
+            redis,
+            settings.adapters_path(),
+            base_models=[served.name for served in settings.models],
+            max_rank=settings.max_lora_rank,
+            max_bytes=settings.max_adapter_bytes,
+        )
 
     def folder(self, finetune: Finetune) -> Path:
         """Where its files are: the path workers load the adapter from."""

@@ -30,14 +30,7 @@ def _on_store(settings: Settings, work: Callable[[AdapterStore], Awaitable[T]]) 
     async def run() -> T:
         redis = Redis.from_url(url)
         try:
-            store = AdapterStore(
-                redis,
-                settings.adapters_path(),
-                base_models=[served.name for served in settings.models],
-                max_rank=settings.max_lora_rank,
-                max_bytes=settings.max_adapter_bytes,
-            )
-            return await work(store)
+            return await work(AdapterStore.of(redis, settings))
         finally:
             await redis.aclose()
 
