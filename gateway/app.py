@@ -30,6 +30,7 @@ from gateway.native.router import NativeController
 from gateway.openai import CONTROLLERS as OPENAI
 from gateway.ratelimit import EffectiveLimits, RateLimiter
 from gateway.relay import StreamRelay
+from gateway.routing import JobRouter
 from gateway.tokens import PromptCounter
 from sluice import __version__
 from sluice.adapters import AdapterStore
@@ -99,7 +100,10 @@ def create_app(settings: Settings) -> Litestar:
         counter = PromptCounter(redis, REDIS_TIMEOUT)
         adapters = AdapterStore.of(redis, settings)
         app.state.adapters = adapters
-        generations = Generations(settings, JobQueue(redis), relay, counter, gateway_id, limiter, adapters)
+        router = JobRouter(redis, settings.heartbeat_ttl)
+        generations = Generations(
+            settings, JobQueue(redis), relay, counter, gateway_id, limiter, adapters, router
+        )
         app.state.generations = generations
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
         gc.collect()

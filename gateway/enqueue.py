@@ -28,10 +28,6 @@ class JobQueue:
         self._redis = redis
         self._fair = FairQueue(redis)
 
-    @property
-    def redis(self) -> ArqRedis:
-        return self._redis
-
     async def submit(self, job: Job, *, account: str, cost: int, worker: str | None = None) -> bool:
         """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
         ``worker``, on that worker's own queue (``gateway/routing.py``) if it still takes jobs,

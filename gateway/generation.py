@@ -238,11 +238,11 @@ class Generations:
         counter: PromptCounter,
         gateway_id: str,
         limiter: RateLimiter,
-        adapters: AdapterStore | None = None,
-        router: JobRouter | None = None,
+        adapters: AdapterStore,
+        router: JobRouter,
     ) -> None:
         self._adapters = adapters
-        self._router = router or JobRouter(queue.redis, settings.heartbeat_ttl)
+        self._router = router
         self._gateway_id = gateway_id
         self._limiter = limiter
         self._recent_wait = Ewma()
@@ -318,8 +318,6 @@ class Generations:
 
     async def _find_adapter(self, ref: str, caller: Caller) -> Finetune | None:
         """The caller's account's adapter by name or id (another account's is not found)."""
-        if self._adapters is None:
-            return None
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 return await self._adapters.find(caller.account, ref)

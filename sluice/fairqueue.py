@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from sluice.contract import accepting_key, direct_queue_key, fair_clock_key, fair_tags_key
-from sluice.ids import issued_at
+from sluice.ids import earliest
 
 #: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
 #: tokens) spans seconds of tags, far less than the time its jobs take to serve, so tags never
@@ -177,8 +177,8 @@ class FairQueue:
         args: list[str | int | float] = [account or "", int(now * 1000), OLDEST_AMONG, MS_PER_TOKEN]
         running, waiting, first = await self._backlog(keys=keys, args=args)
         # A job whose id tells no arrival (not a request's) has not waited, as far as is known.
-        arrivals = [t for t in (issued_at(job_id.decode()) for job_id in first) if t is not None]
-        return Backlog(int(running), int(waiting), max(0.0, now - min(arrivals)) if arrivals else 0.0)
+        arrived = earliest(first)
+        return Backlog(int(running), int(waiting), max(0.0, now - arrived) if arrived is not None else 0.0)
 
 
 # KEYS: queue, clock.  ARGV: job id, STATE_TTL_MS.  (arq hands a job its tag rounded down to

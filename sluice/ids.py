@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 
 _VERSION = 0x7
 _VARIANT = 0b10
@@ -30,3 +31,8 @@ def issued_at(request_id: str) -> float | None:
         return int(request_id[:12], 16) / 1000
     except ValueError:
         return None
+
+
+def earliest(job_ids: Iterable[bytes]) -> float | None:
+    """When the earliest of these requests arrived (ids that tell none are skipped)."""
+    return min((t for t in (issued_at(job_id.decode()) for job_id in job_ids) if t is not None), default=None)

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 
-from sluice.fairqueue import FairQueue
-
 #: How many of a queue's oldest entries are read at a time, and at most (past them, every entry
 #: counts as waiting): enough for thousands of running jobs ahead of the first waiting one.
 PAGE = 512
@@ -55,9 +53,3 @@ async def head(redis: Redis, queue: str) -> tuple[int, list[Entry]]:
         if len(entries) < PAGE or not all(entry.running for entry in read[-len(entries) :]):
             break
     return int(total), read
-
-
-async def hand_back_direct(redis: Redis, queue: str, worker_id: str) -> int:
-    """Move the jobs routed to a worker that stops (or died) and not running there to ``queue``,
-    its model's shared queue, where any worker takes them (loading their adapter if need be)."""
-    return await FairQueue(redis).hand_back(queue, worker_id)

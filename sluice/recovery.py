@@ -43,7 +43,8 @@ from sluice.contract import (
 )
 from sluice.errors import interrupted
 from sluice.events import append, failed
-from sluice.queues import hand_back_direct, head
+from sluice.fairqueue import FairQueue
+from sluice.queues import head
 from sluice.registry import Steady, claim, silent_workers
 
 log = logging.getLogger("sluice.recovery")
@@ -84,7 +85,7 @@ async def recover_worker(
     jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
     actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
     for queue in queues:  # its routed jobs, the requeued ones among them
-        await hand_back_direct(redis, queue, worker_id)
+        await FairQueue(redis).hand_back(queue, worker_id)
     await redis.delete(running_key(worker_id), worker_key(worker_id))
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
     return actions

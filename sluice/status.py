@@ -20,7 +20,7 @@ from rich.table import Table
 from sluice.config import Settings
 from sluice.contract import WORKERS_KEY, decode_worker, queue_key, worker_key
 from sluice.fairqueue import OLDEST_AMONG
-from sluice.ids import issued_at
+from sluice.ids import earliest
 
 
 @dataclass
@@ -95,8 +95,8 @@ def _queues_table(client: redis.Redis, settings: Settings) -> Table:
         queue = queue_key(served.name)
         # Scores are fair-share tags, not arrivals; a request id tells its arrival.
         first = cast(list[bytes], client.zrange(queue, 0, OLDEST_AMONG - 1))
-        arrivals = [t for t in (issued_at(job_id.decode()) for job_id in first) if t is not None]
-        oldest = f"{now - min(arrivals):.1f}s" if arrivals else "-"
+        arrived = earliest(first)
+        oldest = f"{now - arrived:.1f}s" if arrived is not None else "-"
         table.add_row(served.name, str(client.zcard(queue)), oldest)
     return table
 

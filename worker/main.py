@@ -34,7 +34,7 @@ from sluice.contract import (
     serialize_arq_job,
     tokenizer_key,
 )
-from sluice.queues import hand_back_direct
+from sluice.fairqueue import FairQueue
 from sluice.recovery import Recovery
 from sluice.registry import deregister, heartbeat, stop_accepting
 from worker import metrics
@@ -198,7 +198,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         # No job is routed here from now on (the gateways' enqueue checks, atomically); those
         # already routed but not started go to the shared queue, where others take them.
         await stop_accepting(pool, worker_id)
-        await hand_back_direct(pool, queue, worker_id)
+        await FairQueue(pool).hand_back(queue, worker_id)
     in_flight = [t for worker in workers for t in worker.tasks.values() if not t.done()]
     if in_flight:
         log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
@@ -210,7 +210,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         task.cancel()  # arq hands each back to its queue (attempt + 1)
     await asyncio.gather(*leftover, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
-        await hand_back_direct(pool, queue, worker_id)  # the handed-back routed ones too
+        await FairQueue(pool).hand_back(queue, worker_id)  # the handed-back routed ones too
         await deregister(pool, worker_id)
     for worker in workers:
         await worker.close()  # closes its pool
