@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 
-from sluice.contract import GENERATE, Job, encode, queue_key, serialize_arq_job
+from sluice.contract import ABORTS_CHANNEL, GENERATE, Job, encode, queue_key, serialize_arq_job
 from sluice.fairqueue import Backlog, FairQueue
 from sluice.registry import live_slots
 
@@ -47,8 +47,12 @@ class JobQueue:
         )
 
     async def abort(self, job_id: str) -> None:
-        """Ask arq to cancel the job: dropped if still queued, cancelled on its worker if running."""
-        await self._redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
+        """Ask arq to cancel the job: dropped if still queued, cancelled on its worker if running
+        (woken to see it now, not at its next poll)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
+            pipe.publish(ABORTS_CHANNEL, b"1")
+            await pipe.execute()
 
     async def backlog(self, model: str, account: str | None = None) -> Backlog:
         """What waits ahead of ``account``'s next job (``None``: all that waits)."""

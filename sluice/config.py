@@ -75,8 +75,10 @@ class Settings(Struct, kw_only=True):
     #: Seconds in-flight jobs get to finish after SIGTERM before they are handed back (worker), and
     #: open streams before they are cut (gateway).
     shutdown_grace: float = 10.0
-    #: arq's queue poll interval in seconds (arq's own default, 0.5 s, would dominate TTFT).
-    poll_delay: float = 0.002
+    #: Seconds between a worker's polls of its queues when nothing wakes it. Enqueues, aborts and
+    #: freed slots wake it at once (``worker/slots.py``); this only bounds how late a job queued
+    #: some other way (arq's own retries) is seen.
+    poll_delay: float = 0.25
     #: Seconds a job may run before the worker gives up on it.
     job_timeout: float = 600.0
     #: Seconds a job's event stream lives after its last event.

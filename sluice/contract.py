@@ -38,6 +38,16 @@ def direct_queue_key(queue: str, worker_id: str) -> str:
     return f"{queue}:worker:{worker_id}"
 
 
+def pickup_channel(queue: str) -> str:
+    """Pub/sub channel that wakes the workers of ``queue`` when a job lands on it (they poll only
+    as a fallback): a job is picked up as soon as it is queued, and idle workers cost nothing."""
+    return f"sluice:pickup:{queue}"
+
+
+#: Pub/sub channel that wakes every worker when a job is aborted, so the one running it stops now.
+ABORTS_CHANNEL = "sluice:aborts"
+
+
 def accepting_key(worker_id: str) -> str:
     """Present while a worker takes routed jobs (refreshed with its heartbeat; gone when it drains,
     stops or dies): without it, the gateway's enqueue sends them to the shared queue instead."""

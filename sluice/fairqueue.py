@@ -24,7 +24,13 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from sluice.contract import accepting_key, direct_queue_key, fair_clock_key, fair_tags_key
+from sluice.contract import (
+    accepting_key,
+    direct_queue_key,
+    fair_clock_key,
+    fair_tags_key,
+    pickup_channel,
+)
 from sluice.ids import earliest
 
 #: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
@@ -46,14 +52,15 @@ OLDEST_AMONG = 64
 # KEYS: the model's queue, job key, its tags, its clock; a worker's own queue, its tags, its
 # clock, and that worker's accepting key (the model's four again when not routed).
 # ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
-# STATE_TTL_MS, CLOCK_LEAD_MS.  Returns the tag and whether the job went to the worker's queue.
+# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels.  Returns the tag and whether the
+# job went to the worker's queue; the workers of the queue it went to are woken.
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
 # dies never has a job land in its queue after it handed that queue back.
 # Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
 _ENQUEUE = """
-local queue, tags, clock_key, routed = KEYS[1], KEYS[3], KEYS[4], 0
+local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
 if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
-  queue, tags, clock_key, routed = KEYS[5], KEYS[6], KEYS[7], 1
+  queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
 end
 local clock = redis.call('ZSCORE', clock_key, 'v')
 if not clock then
@@ -68,11 +75,13 @@ redis.call('ZADD', tags, string.format('%.17g', finish), ARGV[4])
 redis.call('PEXPIRE', tags, ARGV[8])
 redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', queue, string.format('%.17g', tag), ARGV[1])
+redis.call('PUBLISH', channel, '1')
 return {string.format('%.17g', tag), routed}
 """
 
 # KEYS: a worker's own queue, the model's queue, its clock.  ARGV: MS_PER_TOKEN, now (ms),
-# CLOCK_LEAD_MS, arq's in-progress key prefix.  Moves every job not running to the model's queue,
+# CLOCK_LEAD_MS, arq's in-progress key prefix, the model queue's pickup channel.  Moves every job
+# not running to the model's queue (and wakes its workers),
 # tagged half a token past its clock: above it (waiting), below any new arrival (they have waited
 # already: the front of the line). Returns how many. One script: no job starts mid-move.
 _HAND_BACK = """
@@ -86,6 +95,9 @@ for _, job in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZREM', KEYS[1], job)
     moved = moved + 1
   end
+end
+if moved > 0 then
+  redis.call('PUBLISH', ARGV[5], '1')
 end
 return moved
 """
@@ -149,12 +161,13 @@ class FairQueue:
         """Store the job's data and queue it at its account's tag, atomically: on ``worker``'s own
         queue if it names one that still accepts jobs, else on ``queue``. Whether it was routed."""
         shared = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
-        routed = shared
+        routed, direct = shared, queue
         if worker is not None:
             direct = direct_queue_key(queue, worker)
             routed = [direct, fair_tags_key(direct), fair_clock_key(direct), accepting_key(worker)]
         args: list[bytes | str | int | float]
         args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS, CLOCK_LEAD_MS]
+        args += [pickup_channel(queue), pickup_channel(direct)]
         _, went = await self._enqueue(keys=[*shared, *routed], args=args)
         return bool(went)
 
@@ -167,6 +180,7 @@ class FairQueue:
             int(time.time() * 1000),
             CLOCK_LEAD_MS,
             in_progress_key_prefix,
+            pickup_channel(queue),
         ]
         return int(await self._hand_back(keys=keys, args=args))
 

@@ -36,6 +36,7 @@ from sluice.contract import (
     decode_job,
     deserialize_arq_job,
     events_key,
+    pickup_channel,
     queue_key,
     recovering_key,
     running_key,
@@ -71,7 +72,10 @@ async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
             await pipe.execute()
         return "failed"
     # arq keeps a running job in its queue; without the in-progress mark any worker takes it again.
-    await redis.delete(in_progress_key_prefix + job_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(in_progress_key_prefix + job_id)
+        pipe.publish(pickup_channel(queue_key(job.model)), b"1")
+        await pipe.execute()
     return "requeued"
 
 

@@ -1,7 +1,7 @@
 """The worker process: load the engine, then take jobs from the model's arq queue.
 
-arq picks jobs; Sluice tunes it for token streaming: a poll interval of a few milliseconds instead
-of 0.5 s, many jobs at once (the engine batches them), aborts enabled so a client that leaves
+arq picks jobs; Sluice tunes it for token streaming: polls woken by each job queued (not every
+0.5 s), many jobs at once (the engine batches them), aborts enabled so a client that leaves
 stops its generation, and no results kept (results travel on the job's event stream).
 """
 
@@ -26,10 +26,12 @@ from redis.exceptions import RedisError
 
 from sluice.config import Settings
 from sluice.contract import (
+    ABORTS_CHANNEL,
     GENERATE,
     WorkerInfo,
     deserialize_arq_job,
     direct_queue_key,
+    pickup_channel,
     queue_key,
     serialize_arq_job,
     tokenizer_key,
@@ -38,6 +40,7 @@ from sluice.fairqueue import FairQueue
 from sluice.recovery import Recovery
 from sluice.registry import deregister, heartbeat, stop_accepting
 from worker import metrics
+from worker.doorbell import Doorbell
 from worker.engines import create_engine
 from worker.engines.base import Engine, EngineFailed
 from worker.inflight import InFlight
@@ -49,13 +52,16 @@ from worker.slots import Slots, SlottedWorker
 log = logging.getLogger("sluice.worker")
 
 
-def build_worker(settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, slots: Slots) -> Worker:
+def build_worker(
+    settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, slots: Slots, bell: Doorbell
+) -> Worker:
     return SlottedWorker(
         functions=[func(generate, name=GENERATE, timeout=settings.job_timeout)],
         queue_name=queue,
         redis_pool=pool,
         max_jobs=slots.slots,
         slots=slots,
+        bell=bell,
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,
         keep_result=0,
@@ -149,9 +155,11 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         job_deserializer=deserialize_arq_job,
         default_queue_name=direct_queue_key(queue, worker_id),
     )
+    bell = Doorbell()
+    direct = direct_queue_key(queue, worker_id)
     workers = [
-        build_worker(settings, deps, queue, pool, slots),
-        build_worker(settings, deps, direct_queue_key(queue, worker_id), direct_pool, slots),
+        build_worker(settings, deps, queue, pool, slots, bell),
+        build_worker(settings, deps, direct, direct_pool, slots, bell),
     ]
     info = WorkerInfo(
         id=worker_id,
@@ -177,7 +185,12 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         job_timeout=settings.job_timeout,
         observe=lambda action: metrics.RECOVERED.labels(action).inc(),
     )
-    background = [asyncio.create_task(recovery.run()), asyncio.create_task(inflight.watch())]
+    channels = [pickup_channel(queue), pickup_channel(direct), ABORTS_CHANNEL]
+    background = [
+        asyncio.create_task(recovery.run()),
+        asyncio.create_task(inflight.watch()),
+        asyncio.create_task(bell.listen(pool, channels)),
+    ]
     polling = [asyncio.create_task(_poll_queue(worker)) for worker in workers]
     log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, concurrency)
     stopping = asyncio.create_task(stop.wait())

@@ -1,0 +1,79 @@
+"""Workers start jobs when they are queued, not when they next poll: enqueues, aborts and freed
+slots wake them over Redis pub/sub. Here the fallback poll is an hour, so every job that starts,
+and every abort that lands, proves its wake arrived; and an idle worker leaves Redis alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from sluice.redis_server import EmbeddedRedis
+from tests.conftest import MODEL, Stack, run_stack
+
+SLOTS = 2
+
+
+@pytest.fixture(scope="module")
+def woken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A synthetic stack on a Redis of its own (its command counts are this stack's alone)."""
+    models = [{"name": MODEL, "engine": "synthetic", "model": "synthetic"}]
+    with EmbeddedRedis() as redis:
+        yield from run_stack(
+            redis.url,
+            tmp_path_factory.mktemp("pickup-logs"),
+            models=json.dumps(models),
+            synthetic_tokens_per_second="100",
+            worker_concurrency=str(SLOTS),
+            poll_delay="3600",
+        )
+
+
+async def test_queued_jobs_start_at_once_and_waiting_ones_when_a_slot_frees(woken: Stack) -> None:
+    body = {"prompt": "Hi", "max_tokens": 8}
+    async with httpx.AsyncClient(timeout=30) as client, asyncio.timeout(30):
+        # Four times the slots: half of these wait in the queue for a slot to free.
+        replies = await asyncio.gather(*(client.post(woken.native_url, json=body) for _ in range(4 * SLOTS)))
+    assert [r.status_code for r in replies] == [200] * (4 * SLOTS)
+    assert all(r.json()["result"]["usage"]["completion_tokens"] == 8 for r in replies)
+
+
+async def test_an_abort_stops_the_job_at_once(woken: Stack) -> None:
+    body = {"prompt": "Hi", "stream": True, "max_tokens": 4000}  # 40 s at 100 tok/s
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("POST", woken.native_url, json=body) as response,
+    ):
+        request_id = response.headers["cf-ai-req-id"]
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                break  # the job runs; now hang up
+    redis = Redis.from_url(woken.redis_url)
+    try:
+        ended = asyncio.Event()
+        async with asyncio.timeout(15):
+            while not ended.is_set():
+                if not await redis.exists(f"arq:in-progress:{request_id}"):
+                    ended.set()
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+
+
+async def test_an_idle_worker_does_not_poll_redis(woken: Stack) -> None:
+    redis = Redis.from_url(woken.redis_url)
+    try:
+        await redis.config_resetstat()
+        started = time.monotonic()
+        await asyncio.sleep(2.0)  # a window of idleness to count commands over, not a wait
+        stats = await redis.info("commandstats")
+        per_second = sum(int(v["calls"]) for v in stats.values()) / (time.monotonic() - started)
+    finally:
+        await redis.aclose()
+    # Polling every 2 ms, as before, was over a thousand commands a second from the worker alone.
+    assert per_second < 50, stats
