@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import cast
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from sluice.contract import accepting_key, direct_queue_key
-from sluice.fairqueue import FairQueue, advance_clock
+from sluice.fairqueue import Claims, FairQueue
 from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
 
@@ -45,14 +44,8 @@ async def enqueue(fair: FairQueue, account: str, cost: int = 100) -> str:
 
 
 async def start_next(redis: Redis) -> str:
-    """What a worker does: take the lowest-scored job not yet started, and move the clock to it."""
-    started: set[bytes] = await cast(Awaitable[set[bytes]], redis.smembers("started"))
-    queued: list[bytes] = await redis.zrange(QUEUE, 0, -1)
-    job_id = next(j.decode() for j in queued if j not in started)
-    async with redis.pipeline(transaction=False) as pipe:
-        advance_clock(pipe, QUEUE, job_id)
-        pipe.sadd("started", job_id)
-        await pipe.execute()
+    """What a worker does: take the next job not yet started (which moves the clock to it)."""
+    ((job_id, _),) = await Claims(redis).take(QUEUE, 1, mark_ms=60_000)
     return job_id
 
 

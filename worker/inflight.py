@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import Job, gateway_key, running_key
-from sluice.fairqueue import advance_clock
 from sluice.registry import Steady
 
 log = logging.getLogger("sluice.worker.inflight")
@@ -33,11 +32,9 @@ class InFlight:
         self._ttl = heartbeat_ttl
         self._readers: dict[str, str] = {}  # job id -> its gateway
 
-    async def start(self, job: Job, queue: str) -> bool:
-        """Record the job as running here (and its queue's fair-share clock as moved up to it);
-        ``False`` if its gateway is already gone."""
+    async def start(self, job: Job) -> bool:
+        """Record the job as running here; ``False`` if its gateway is already gone."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            advance_clock(pipe, queue, job.id)
             pipe.sadd(self._key, job.id)
             if job.gateway:
                 pipe.exists(gateway_key(job.gateway))

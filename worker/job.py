@@ -94,13 +94,12 @@ class ToolCallWatch:
 Outcome = Literal["completed", "failed", "aborted"]
 
 
-async def run_job(deps: JobDeps, job: Job, attempt: int, queue: str) -> None:
-    """Run ``job`` (taken from ``queue``: its model's, or this worker's own)."""
+async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
     metrics.RUNNING.labels(job.model).inc()
     started = time.perf_counter()
     outcome: Outcome = "aborted"  # unless the generation ends on its own
     try:
-        outcome = await _run(deps, job, attempt, queue)
+        outcome = await _run(deps, job, attempt)
     finally:
         seconds = time.perf_counter() - started
         metrics.RUNNING.labels(job.model).dec()
@@ -115,13 +114,13 @@ async def run_job(deps: JobDeps, job: Job, attempt: int, queue: str) -> None:
                 await deps.inflight.end(job.id)
 
 
-async def _run(deps: JobDeps, job: Job, attempt: int, queue: str) -> Outcome:
+async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     def publish(events: list[Event]) -> Awaitable[None]:
         return deps.publisher.publish(job.id, events)
 
     # Both before the first token, in parallel: one round trip of latency, not two.
     wanted, _ = await asyncio.gather(
-        deps.inflight.start(job, queue), publish([Started(worker=deps.worker_id, attempt=attempt)])
+        deps.inflight.start(job), publish([Started(worker=deps.worker_id, attempt=attempt)])
     )
     if not wanted:
         log.info("job not run: its gateway is gone", extra={"request_id": job.id})
@@ -171,4 +170,4 @@ def _outcome(engine: str, events: list[Event]) -> Outcome:
 
 async def generate(ctx: dict[str, Any], payload: bytes) -> None:
     """The function arq runs; ``payload`` is an encoded :class:`sluice.contract.Job`."""
-    await run_job(ctx["sluice"], decode_job(payload), attempt=ctx["job_try"], queue=ctx["queue"])
+    await run_job(ctx["sluice"], decode_job(payload), attempt=ctx["job_try"])

@@ -67,7 +67,7 @@ def build_worker(
         keep_result=0,
         job_timeout=settings.job_timeout,
         handle_signals=False,
-        ctx={"sluice": deps, "queue": queue},
+        ctx={"sluice": deps},
         job_serializer=serialize_arq_job,
         job_deserializer=deserialize_arq_job,
     )

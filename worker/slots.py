@@ -18,6 +18,7 @@ from typing import Any
 
 from arq import Worker
 
+from sluice.fairqueue import Claims
 from worker.doorbell import Doorbell
 
 
@@ -40,6 +41,7 @@ class SlottedWorker(Worker):
         self._bell = bell
         self._woken = bell.waiter()
         super().__init__(*args, **kwargs)
+        self._claims = Claims(self.pool)
         slots.workers.append(self)
 
     @property
@@ -49,6 +51,34 @@ class SlottedWorker(Worker):
     @max_jobs.setter
     def max_jobs(self, value: int) -> None:
         """arq's ``__init__`` sets it; the budget is :class:`Slots`' instead."""
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll, with its claim of each job (four round trips) replaced by one script for
+        all (``sluice/fairqueue.py``). The free slots are counted as taken before the claim's
+        round trip, so the other queue's ``Worker`` cannot take them meanwhile."""
+        free = self.max_jobs - self.job_counter
+        if self.allow_pick_jobs and free > 0:
+            self.job_counter += free
+            try:
+                taken = await self._claims.take(self.queue_name, free, int(self.in_progress_timeout_s * 1000))
+            finally:
+                self.job_counter -= free
+            for job_id, tag in taken:
+                self._start(job_id, tag)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # as arq does: a job's own failure is handled inside run_job
+        await self.heart_beat()
+
+    def _start(self, job_id: str, tag: float) -> None:
+        """arq's own bookkeeping for a job it claimed (``Worker.start_jobs``, after its claim)."""
+        self.job_counter += 1
+        task = asyncio.create_task(self.run_job(job_id, int(tag)))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
 
     async def main(self) -> None:
         """arq's loop (the pool is given, there is no start-up hook), waiting on the bell instead
@@ -61,5 +91,6 @@ class SlottedWorker(Worker):
                 await asyncio.wait_for(self._woken.wait(), self.poll_delay_s)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
+        """arq's, less its semaphore (only its own claim loop, replaced here, waits on it)."""
+        self.job_counter -= 1
         self._bell.ring()  # a slot is free, for this queue or the other
