@@ -21,7 +21,7 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import EVENT_FIELD, Event, decode_event, events_key
+from sluice.contract import Event, decode_event, events_key
 from sluice.errors import queue_unavailable
 from sluice.events import failed
 
@@ -69,6 +69,8 @@ class StreamRelay:
     def __init__(self, redis_url: str, control: Redis) -> None:
         # A connection of its own: it spends most of its life blocked in XREAD.
         self._reader = Redis.from_url(redis_url, single_connection_client=True, socket_timeout=None)
+        # Entries as Redis sends them: redis-py would build a dict per entry, for its one field.
+        self._reader.set_response_callback("XREAD", lambda response, **_: response or [])
         self._control = control
         self._wake_key = f"sluice:wake:{uuid.uuid4().hex}".encode()
         self._wake_id = b"0-0"
@@ -153,6 +155,6 @@ class StreamRelay:
                 subscription = self._subscriptions.get(key)
                 if subscription is None:
                     continue
-                for entry_id, fields in entries:
+                for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
                     subscription.last_id = entry_id
-                    subscription.deliver(decode_event(fields[EVENT_FIELD]))
+                    subscription.deliver(decode_event(value))

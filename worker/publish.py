@@ -1,8 +1,8 @@
 """Where tokens leave the worker: a job's events appended to its Redis Stream.
 
-Whatever the engine produced since the last write goes out in one pipeline (consecutive deltas
+Whatever the engine produced since the last write goes out in one write (consecutive deltas
 merged into one event), so Redis and the gateway see a bounded event rate however fast tokens come;
-and the writes of all of a worker's jobs share that pipeline.
+and the writes of all of a worker's jobs share that write (one script call, ``sluice/events.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from sluice.contract import Event
-from sluice.events import append
+from sluice.events import EventLog
 
 log = logging.getLogger("sluice.worker.publish")
 
@@ -33,16 +33,15 @@ async def _not_yet(error: Exception) -> None:
 class EventPublisher:
     """Appends jobs' events to their streams; one per worker, shared by all its jobs.
 
-    The writes that jobs make in the same turn of the event loop go out in one pipeline, so a
+    The writes that jobs make in the same turn of the event loop go out in one call, so a
     worker running hundreds of streams makes one round trip per turn rather than one per job;
     a write never waits for an earlier one to finish (each takes its own pooled connection).
     A job awaits its own publish, so its events stay in order.
     """
 
     def __init__(self, redis: Redis, ttl_seconds: int, retry: Retry | None = None) -> None:
-        self._redis = redis
+        self._log = EventLog(redis, ttl_seconds)
         self._retry = retry or RIDE_OUT
-        self._ttl = ttl_seconds
         self._pending: dict[str, list[Event]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -63,7 +62,7 @@ class EventPublisher:
         await done
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # one turn: the jobs woken alongside this one join the pipeline
+        await asyncio.sleep(0)  # one turn: the jobs woken alongside this one join the write
         pending, waiters = self._pending, self._waiters
         self._pending, self._waiters, self._scheduled = {}, [], False
         try:
@@ -80,7 +79,4 @@ class EventPublisher:
                     waiter.set_result(None)
 
     async def _write(self, pending: dict[str, list[Event]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id, events in pending.items():
-                append(pipe, job_id, events, self._ttl)
-            await pipe.execute()
+        await self._log.append(pending)
