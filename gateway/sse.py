@@ -1,8 +1,22 @@
-"""Server-sent events framing shared by both APIs."""
+"""Server-sent events shared by both APIs: the framing and the streamed response."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
 import msgspec
+from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+
+if TYPE_CHECKING:
+    from litestar import Litestar, Request
+    from litestar.background_tasks import BackgroundTask, BackgroundTasks
+    from litestar.datastructures import Cookie
+    from litestar.types import HTTPResponseBodyEvent, Receive, Send, TypeEncodersMap
 
 _encoder = msgspec.json.Encoder()
 
@@ -12,3 +26,80 @@ HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def frame(payload: object) -> bytes:
     return b"data: " + _encoder.encode(payload) + b"\n\n"
+
+
+class EventStream(Stream):
+    """A ``text/event-stream`` response of ready-made frames.
+
+    Litestar's ``Stream`` runs each response in an anyio task group (a task for the body, a
+    cancel scope for the client leaving); that machinery was a fifth of the gateway's CPU per
+    streamed request. This one streams in the request's own task and watches for the client
+    leaving in a plain asyncio task, with the same outcome: a client that leaves cancels the body
+    (whose ``finally`` aborts its job), and the response ends quietly.
+    """
+
+    def __init__(self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})
+
+    def to_asgi_response(  # the keywords Litestar's response handler passes
+        self,
+        app: Litestar | None,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        return _EventStreamBody(
+            iterator=self.iterator,  # type: ignore[arg-type]  # always an async iterator here
+            background=self.background or background,
+            content_length=0,
+            cookies=itertools.chain(self.cookies, cookies or ()),
+            encoded_headers=encoded_headers,
+            headers={**(headers or {}), **self.headers},
+            is_head_response=is_head_response,
+            media_type=self.media_type,
+            status_code=self.status_code or status_code,
+        )
+
+
+class _EventStreamBody(ASGIStreamingResponse):
+    async def _stream(self, send: Send) -> None:
+        """Each chunk as it comes; the one that ends with ``[DONE]`` also ends the body, in the
+        same write."""
+        async for chunk in self.iterator:
+            body = chunk if isinstance(chunk, bytes) else chunk.encode()
+            last = body.endswith(DONE)
+            event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": not last}
+            await send(event)
+            if last:
+                return
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(end)
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            streaming.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._stream(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise  # the server's own cancellation (shutdown), not the client leaving
+            streaming.uncancel()
+        finally:
+            watcher.cancel()

@@ -29,11 +29,15 @@ async def event_stream(
 ) -> AsyncIterator[bytes]:
     """An SSE body in either API: its frames, an error frame if the generation fails midway, then
     ``[DONE]``. The handle is closed whatever happens, so a client that leaves aborts its job."""
+    closing = b""
     try:
         async for chunk in frames:
-            yield chunk
+            if handle.done is None:
+                yield chunk
+            else:  # made at once from the last event: they leave together, in one write
+                closing += chunk
     except SluiceError as error:
-        yield error_frame(error)
+        closing += error_frame(error)
     finally:
         handle.close()
-    yield DONE
+    yield closing + DONE

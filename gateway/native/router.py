@@ -7,7 +7,6 @@ from typing import Any
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, SkipValidation
-from litestar.response import Stream
 
 from gateway.auth import authenticate
 from gateway.caller import Caller
@@ -18,7 +17,7 @@ from gateway.metrics import label_model, request_id_of
 from gateway.native.protocol import RunEnvelope, RunRequest
 from gateway.native.serving import run_json, run_stream
 from gateway.routing import SESSION_HEADER
-from gateway.sse import HEADERS
+from gateway.sse import EventStream
 from gateway.streaming import first_output
 from sluice.config import Settings
 
@@ -62,4 +61,4 @@ class NativeController(Controller):
         first, rest = await first_output(handle)
         stream = run_stream(handle, first, rest)
         # Annotated as the JSON envelope for the OpenAPI document; streams are its other media type.
-        return Stream(stream, media_type="text/event-stream", headers={**HEADERS, **headers})  # type: ignore[return-value]
+        return EventStream(stream, headers)  # type: ignore[return-value]

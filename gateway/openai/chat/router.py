@@ -7,7 +7,6 @@ from typing import Any
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
-from litestar.response import Stream
 
 from gateway.caller import Caller
 from gateway.decode import StreamingOperation, strict
@@ -18,7 +17,7 @@ from gateway.openai.chat.protocol import ChatCompletion, ChatCompletionRequest
 from gateway.openai.chat.serving import chat_json, chat_stream
 from gateway.openai.chat.translate import to_native
 from gateway.routing import SESSION_HEADER
-from gateway.sse import HEADERS
+from gateway.sse import EventStream
 from gateway.streaming import first_output
 
 
@@ -51,4 +50,4 @@ class ChatController(Controller):
         first, rest = await first_output(handle)
         stream = chat_stream(handle, payload.model, first, rest, include_usage=payload.include_usage)
         # Annotated as the JSON object for the OpenAPI document; streams are its other media type.
-        return Stream(stream, media_type="text/event-stream", headers=HEADERS)  # type: ignore[return-value]
+        return EventStream(stream)  # type: ignore[return-value]

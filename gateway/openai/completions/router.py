@@ -7,7 +7,6 @@ from typing import Any
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
-from litestar.response import Stream
 
 from gateway.caller import Caller
 from gateway.decode import StreamingOperation, strict
@@ -18,7 +17,7 @@ from gateway.openai.completions.protocol import CompletionRequest, TextCompletio
 from gateway.openai.completions.serving import completion_json, completion_stream
 from gateway.openai.completions.translate import to_native
 from gateway.routing import SESSION_HEADER
-from gateway.sse import HEADERS
+from gateway.sse import EventStream
 from gateway.streaming import first_output
 
 
@@ -50,4 +49,4 @@ class CompletionsController(Controller):
             return Response(await completion_json(handle, request.receive, payload.model))
         first, rest = await first_output(handle)
         stream = completion_stream(handle, payload.model, first, rest, include_usage=payload.include_usage)
-        return Stream(stream, media_type="text/event-stream", headers=HEADERS)  # type: ignore[return-value]
+        return EventStream(stream)  # type: ignore[return-value]
