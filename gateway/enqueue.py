@@ -28,10 +28,13 @@ class JobQueue:
         self._redis = redis
         self._fair = FairQueue(redis)
 
-    async def submit(self, job: Job, *, account: str, cost: int, worker: str | None = None) -> bool:
+    async def submit(
+        self, job: Job, *, account: str, cost: int, worker: str | None = None, wake: str | None = None
+    ) -> bool:
         """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
         ``worker``, on that worker's own queue (``gateway/routing.py``) if it still takes jobs,
-        else on the model's. Whether it went to the worker."""
+        else on the model's. ``wake``: a relay's wake stream, appended to in the same script.
+        Whether it went to the worker."""
         enqueued_ms = int(job.enqueued_at * 1000)
         data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
         return await self._fair.enqueue(
@@ -44,6 +47,7 @@ class JobQueue:
             account=account,
             cost=cost,
             now_ms=enqueued_ms,
+            wake=wake,
         )
 
     async def abort(self, job_id: str) -> None:

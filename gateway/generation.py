@@ -351,12 +351,13 @@ class Generations:
         cost = prompt + request.max_tokens
         release = await self._admit(caller, request_id, cost)
         job = Job(id=request_id, model=model, input=request, adapter=adapter, gateway=self._gateway_id)
-        subscription = self._relay.subscribe(job.id)
+        subscription = self._relay.subscribe(job.id, wake=False)  # the enqueue wakes the relay
         try:
             # Scoped by account: one tenant's session ids cannot steer another's.
             pinned = f"{account}:{session}" if session is not None else None
             worker = await self._router.route(model, adapter, pinned)
-            await self._queue.submit(job, account=account, cost=cost, worker=worker)
+            wake = self._relay.wake_key
+            await self._queue.submit(job, account=account, cost=cost, worker=worker, wake=wake)
         except BaseException:
             subscription.close()
             release(0)

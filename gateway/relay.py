@@ -91,10 +91,18 @@ class StreamRelay:
             await self._control.delete(self._wake_key)
         await self._reader.aclose()
 
-    def subscribe(self, job_id: str) -> Subscription:
+    @property
+    def wake_key(self) -> str:
+        """This relay's wake stream: appending to it ends the XREAD in progress."""
+        return self._wake_key.decode()
+
+    def subscribe(self, job_id: str, *, wake: bool = True) -> Subscription:
+        """Follow ``job_id``'s events from its first. ``wake=False``: the caller appends to
+        :attr:`wake_key` itself (the enqueue script does, in the same round trip)."""
         subscription = Subscription(self, job_id)
         self._subscriptions[subscription.key] = subscription
-        self.wake()
+        if wake:
+            self.wake()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:

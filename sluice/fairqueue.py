@@ -49,10 +49,13 @@ CLOCK_LEAD_MS = 60_000
 OLDEST_AMONG = 64
 
 # KEYS: the model's queue, job key, its tags, its clock; a worker's own queue, its tags, its
-# clock, and that worker's accepting key (the model's four again when not routed).
+# clock, and that worker's accepting key (the model's four again when not routed); the gateway
+# relay's wake stream (appended to, so its XREAD takes in the job's stream at once; or the
+# queue again, and ARGV[12] empty, for none).
 # ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
-# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels.  Returns the tag and whether the
-# job went to the worker's queue; the workers of the queue it went to are woken.
+# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, whether to wake (1 or '').
+# Returns the tag and whether the job went to the worker's queue; the workers of the queue it
+# went to are woken.
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
 # dies never has a job land in its queue after it handed that queue back.
 # Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
@@ -75,6 +78,10 @@ redis.call('PEXPIRE', tags, ARGV[8])
 redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', queue, string.format('%.17g', tag), ARGV[1])
 redis.call('PUBLISH', channel, '1')
+if ARGV[12] ~= '' then
+  redis.call('XADD', KEYS[9], 'MAXLEN', '1', '*', 'w', '1')
+  redis.call('EXPIRE', KEYS[9], 3600)
+end
 return {string.format('%.17g', tag), routed}
 """
 
@@ -156,6 +163,7 @@ class FairQueue:
         account: str,
         cost: int,
         now_ms: int,
+        wake: str | None = None,
     ) -> bool:
         """Store the job's data and queue it at its account's tag, atomically: on ``worker``'s own
         queue if it names one that still accepts jobs, else on ``queue``. Whether it was routed."""
@@ -166,8 +174,8 @@ class FairQueue:
             routed = [direct, fair_tags_key(direct), fair_clock_key(direct), accepting_key(worker)]
         args: list[bytes | str | int | float]
         args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS, CLOCK_LEAD_MS]
-        args += [pickup_channel(queue), pickup_channel(direct)]
-        _, went = await self._enqueue(keys=[*shared, *routed], args=args)
+        args += [pickup_channel(queue), pickup_channel(direct), "1" if wake else ""]
+        _, went = await self._enqueue(keys=[*shared, *routed, wake or queue], args=args)
         return bool(went)
 
     async def hand_back(self, queue: str, worker: str) -> int:
