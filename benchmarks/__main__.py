@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import report, scenarios
+from benchmarks import machine, report, scenarios
 
 SCENARIOS = ("overhead", "relay", "cpu", "pickup", "soak")
 
@@ -19,6 +19,8 @@ def main() -> None:
     chosen = args.scenario or list(SCENARIOS)
     seconds = 2.0 if args.quick else 5.0
     logs = args.out / "logs"
+    facts = machine.describe()
+    print(f"machine: {machine.summary(facts)}")
     results: dict[str, list[scenarios.Row]] = {}
     if "overhead" in chosen:
         with scenarios.section("overhead (TTFT through Sluice vs the engine in-process)"):
@@ -36,7 +38,7 @@ def main() -> None:
     if "soak" in chosen:
         with scenarios.section("soak (memory and Redis keys across thousands of requests)"):
             results["soak"] = scenarios.soak(logs, 2000 if args.quick else 10000)
-    report.write(results, args.out)
+    report.write(results, facts, args.out)
 
 
 if __name__ == "__main__":

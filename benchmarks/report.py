@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
+
+from benchmarks.machine import summary
 
 Row = dict[str, Any]
 
 
-def markdown(results: dict[str, list[Row]]) -> str:
-    lines = [f"# Sluice benchmarks\n\nMachine: {machine()}\n"]
+def markdown(results: dict[str, list[Row]], facts: dict[str, Any]) -> str:
+    lines = [f"# Sluice benchmarks\n\nMachine: {summary(facts)}\n"]
     for name, rows in results.items():
         if not rows:
             continue
@@ -19,11 +20,6 @@ def markdown(results: dict[str, list[Row]]) -> str:
         lines += [f"\n## {name}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    cores = len(__import__("os").sched_getaffinity(0))
-    return f"{platform.processor() or platform.machine()}, {cores} cores, Python {platform.python_version()}"
 
 
 def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:
@@ -69,10 +65,10 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def write(results: dict[str, list[Row]], folder: Path) -> None:
+def write(results: dict[str, list[Row]], facts: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps({"machine": machine(), **results}, indent=2))
-    (folder / "results.md").write_text(markdown(results))
+    (folder / "results.json").write_text(json.dumps({"machine": facts, **results}, indent=2))
+    (folder / "results.md").write_text(markdown(results, facts))
     for path in plot(results, folder):
         print(f"wrote {path}")
     print(f"wrote {folder / 'results.json'} and {folder / 'results.md'}")

@@ -114,15 +114,19 @@ def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
             synthetic_tokens_per_second=str(per_second),
             worker_concurrency=str(concurrency),
         ) as stack:
-            results, _ = asyncio.run(
+            pids = [stack.gateway_pid, *stack.worker_pids]
+            before = [cpu_seconds(pid) for pid in pids]
+            results, elapsed = asyncio.run(
                 closed_loop(
                     lambda: stream(stack.url, stack.run_path, body, limit=60),
                     concurrency,
                     duration,
                 )
             )
+            gateway_cpu, *worker_cpu = (cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True))
             gaps = [g for r in results for g in r.gaps]
             done = [r for r in results if r.tokens]
+            relayed = max(1, sum(r.tokens for r in done))
             # Each open stream's delivered rate, times the streams open: free of the ramp at the
             # start and the stragglers at the end, which a total over wall time would count.
             per_stream = sum(r.tokens / r.e2e for r in done) / max(1, len(done))
@@ -135,11 +139,17 @@ def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
                 "gap_p99_ms": ms(gaps, 99),
                 "added_gap_p99_ms": round(ms(gaps, 99) - interval_ms, 2),
                 "gateway_peak_rss_mib": round(peak_rss_mib(stack.gateway_pid), 1),
+                # What one gateway core could relay: the budget, free of this machine's other
+                # processes (workers, Redis, the load generator) competing for its two cores.
+                "gateway_cpu_percent": round(gateway_cpu / elapsed * 100),
+                "workers_cpu_percent": round(sum(worker_cpu) / elapsed * 100),
+                "gateway_us_per_token": round(gateway_cpu / relayed * 1e6, 1),
+                "tokens_per_gateway_core": round(relayed / gateway_cpu),
             }
             rows.append(row)
-            print(
-                f"  relay @ {concurrency}: {row['tokens_per_s']} tok/s, +{row['added_gap_p99_ms']} ms p99 gap"
-            )
+            relayed_at = f"{row['tokens_per_s']} tok/s, +{row['added_gap_p99_ms']} ms p99 gap"
+            per_core = f"{row['tokens_per_gateway_core']} tok/s per gateway core"
+            print(f"  relay @ {concurrency}: {relayed_at}, {per_core}")
     return rows
 
 

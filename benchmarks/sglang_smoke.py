@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import machine, report
 from benchmarks.client import stream
 from benchmarks.load import closed_loop, ms
 from benchmarks.stack import MODEL, Stack, running
@@ -95,15 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_tests:
             failed = run_tests(stack, models)
         rows = throughput(stack, concurrencies, args.seconds, args.max_tokens)
+    facts = machine.describe()
     result = {
-        "machine": report.machine(),
+        "machine": facts,
         "model": args.model,
         "tests_passed": not failed,
         "throughput": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sglang-smoke.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "sglang-smoke.md").write_text(report.markdown({f"SGLang: {args.model}": rows}))
+    (args.out / "sglang-smoke.md").write_text(report.markdown({f"SGLang: {args.model}": rows}, facts))
     print(f"results in {args.out}/sglang-smoke.md; end-to-end tests {'passed' if not failed else 'FAILED'}")
     return 1 if failed else 0
 
