@@ -31,7 +31,6 @@ from sluice.contract import (
     WorkerInfo,
     deserialize_arq_job,
     direct_queue_key,
-    pickup_channel,
     queue_key,
     serialize_arq_job,
     tokenizer_key,
@@ -155,7 +154,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         job_deserializer=deserialize_arq_job,
         default_queue_name=direct_queue_key(queue, worker_id),
     )
-    bell = Doorbell()
+    bell = Doorbell(ABORTS_CHANNEL)
     direct = direct_queue_key(queue, worker_id)
     workers = [
         build_worker(settings, deps, queue, pool, slots, bell),
@@ -185,11 +184,10 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         job_timeout=settings.job_timeout,
         observe=lambda action: metrics.RECOVERED.labels(action).inc(),
     )
-    channels = [pickup_channel(queue), pickup_channel(direct), ABORTS_CHANNEL]
     background = [
         asyncio.create_task(recovery.run()),
         asyncio.create_task(inflight.watch()),
-        asyncio.create_task(bell.listen(pool, channels)),
+        asyncio.create_task(bell.listen(pool)),
     ]
     polling = [asyncio.create_task(_poll_queue(worker)) for worker in workers]
     log.info("worker %s serving %s on queue %s (%d slots)", worker_id, served.name, queue, concurrency)

@@ -13,11 +13,11 @@ slot freed), and otherwise only every ``poll_delay`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from arq import Worker
 
+from sluice.contract import pickup_channel
 from sluice.fairqueue import Claims
 from worker.doorbell import Doorbell
 
@@ -39,8 +39,8 @@ class SlottedWorker(Worker):
     def __init__(self, *args: Any, slots: Slots, bell: Doorbell, **kwargs: Any) -> None:
         self._slots = slots
         self._bell = bell
-        self._woken = bell.waiter()
         super().__init__(*args, **kwargs)
+        self._wake = bell.wake_for(pickup_channel(self.queue_name))
         self._claims = Claims(self.pool)
         slots.workers.append(self)
 
@@ -56,8 +56,10 @@ class SlottedWorker(Worker):
         """arq's poll, with its claim of each job (four round trips) replaced by one script for
         all (``sluice/fairqueue.py``). The free slots are counted as taken before the claim's
         round trip, so the other queue's ``Worker`` cannot take them meanwhile."""
+        wake = self._wake
         free = self.max_jobs - self.job_counter
-        if self.allow_pick_jobs and free > 0:
+        if self.allow_pick_jobs and wake.jobs and free > 0:
+            wake.jobs = False  # before the round trip: a job announced during it sets it again
             self.job_counter += free
             try:
                 taken = await self._claims.take(self.queue_name, free, int(self.in_progress_timeout_s * 1000))
@@ -65,7 +67,10 @@ class SlottedWorker(Worker):
                 self.job_counter -= free
             for job_id, tag in taken:
                 self._start(job_id, tag)
-        if self.allow_abort_jobs:
+            if len(taken) == free:
+                wake.jobs = True  # more may wait, for the next free slot
+        if self.allow_abort_jobs and wake.aborts:
+            wake.aborts = False
             await self._cancel_aborted_jobs()
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -85,12 +90,14 @@ class SlottedWorker(Worker):
         of a fixed short sleep."""
         self.ctx["redis"] = self.pool
         while True:
-            self._woken.clear()  # before polling: a ring during the poll means poll again
+            self._wake.event.clear()  # before polling: a ring during the poll means poll again
             await self._poll_iteration()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self.poll_delay_s)
+            try:
+                await asyncio.wait_for(self._wake.event.wait(), self.poll_delay_s)
+            except TimeoutError:
+                self._wake.everything()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         """arq's, less its semaphore (only its own claim loop, replaced here, waits on it)."""
         self.job_counter -= 1
-        self._bell.ring()  # a slot is free, for this queue or the other
+        self._bell.slot_freed()  # for this queue or the other
