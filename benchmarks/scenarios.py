@@ -133,6 +133,7 @@ def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
             row: Row = {
                 "concurrency": concurrency,
                 "streams": len(results),
+                "ok": sum(r.status == 200 for r in results),
                 "tokens_per_s": round(per_stream * concurrency),
                 "ideal_tokens_per_s": round(concurrency * per_second),
                 "gap_p50_ms": ms(gaps, 50),
