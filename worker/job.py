@@ -118,22 +118,29 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     def publish(events: list[Event]) -> Awaitable[None]:
         return deps.publisher.publish(job.id, events)
 
-    # Both before the first token, in parallel: one round trip of latency, not two.
-    wanted, _ = await asyncio.gather(
+    # Both in parallel, one round trip, during which the engine already starts on the prompt.
+    recorded = asyncio.gather(
         deps.inflight.start(job), publish([Started(worker=deps.worker_id, attempt=attempt)])
     )
-    if not wanted:
-        log.info("job not run: its gateway is gone", extra={"request_id": job.id})
-        await publish([failed(reader_gone())])  # never a silent end, should its client be there
-        return "aborted"
     try:
         ref = job.adapter
         adapter = AdapterFiles(ref.id, adapter_folder(deps.adapters, ref)) if ref is not None else None
         request = prepare(job.input, adapter)
     except SluiceError as error:
+        await recorded
         await publish([failed(error)])
         return "failed"
     generation = deps.engine.submit(f"{job.id}:{attempt}", request)
+    try:
+        wanted, _ = await recorded
+    except BaseException:
+        generation.cancel()
+        raise
+    if not wanted:
+        generation.cancel()
+        log.info("job not run: its gateway is gone", extra={"request_id": job.id})
+        await publish([failed(reader_gone())])  # never a silent end, should its client be there
+        return "aborted"
     watch = ToolCallWatch(job.input.tools_offered)
     sent = 0
     try:
