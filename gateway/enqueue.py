@@ -16,7 +16,7 @@ from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 
 from sluice.contract import ABORTS_CHANNEL, GENERATE, Job, encode, queue_key, serialize_arq_job
-from sluice.fairqueue import Backlog, FairQueue
+from sluice.fairqueue import Backlog, Enqueued, FairQueue, QueueLimits
 from sluice.registry import live_slots
 
 #: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
@@ -29,12 +29,20 @@ class JobQueue:
         self._fair = FairQueue(redis)
 
     async def submit(
-        self, job: Job, *, account: str, cost: int, worker: str | None = None, wake: str | None = None
-    ) -> bool:
+        self,
+        job: Job,
+        *,
+        account: str,
+        cost: int,
+        worker: str | None = None,
+        wake: str | None = None,
+        limits: QueueLimits | None = None,
+    ) -> Enqueued:
         """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
         ``worker``, on that worker's own queue (``gateway/routing.py``) if it still takes jobs,
         else on the model's. ``wake``: a relay's wake stream, appended to in the same script.
-        Whether it went to the worker."""
+        ``limits``: refused instead (nothing queued) if the model's queue is past them ahead of
+        it, checked in the same script (backpressure costs no round trip of its own)."""
         enqueued_ms = int(job.enqueued_at * 1000)
         data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
         return await self._fair.enqueue(
@@ -48,6 +56,7 @@ class JobQueue:
             cost=cost,
             now_ms=enqueued_ms,
             wake=wake,
+            limits=limits,
         )
 
     async def abort(self, job_id: str) -> None:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from litestar.types import Receive
 from redis.exceptions import RedisError
@@ -49,6 +49,7 @@ from sluice.errors import (
     queue_unavailable,
     rate_limited,
 )
+from sluice.fairqueue import Backlog, QueueLimits
 
 log = logging.getLogger("sluice.gateway")
 
@@ -346,7 +347,6 @@ class Generations:
             metrics.REJECTIONS.labels("capacity").inc()
             raise capacity_exceeded()
         account = caller.account or ""  # an open deployment: one account, plain arrival order
-        await self._check_backlog(model, account)
         prompt = prompt_tokens if prompt_tokens is not None else upper_estimate(request)
         cost = prompt + request.max_tokens
         release = await self._admit(caller, request_id, cost)
@@ -357,7 +357,12 @@ class Generations:
             pinned = f"{account}:{session}" if session is not None else None
             worker = await self._router.route(model, adapter, pinned)
             wake = self._relay.wake_key
-            await self._queue.submit(job, account=account, cost=cost, worker=worker, wake=wake)
+            limits = QueueLimits(self._settings.max_queue_depth, self._settings.max_queue_wait)
+            queued = await self._queue.submit(
+                job, account=account, cost=cost, worker=worker, wake=wake, limits=limits
+            )
+            if queued.refused is not None:
+                self._refuse(queued.refused)
         except BaseException:
             subscription.close()
             release(0)
@@ -366,14 +371,10 @@ class Generations:
             job, subscription, self._abort, self._settings.job_timeout, release, prompt, self._recent_wait.add
         )
 
-    async def _check_backlog(self, model: str, account: str) -> None:
+    def _refuse(self, queue: Backlog) -> NoReturn:
         """Refuse (429, 3040) rather than queue work that cannot be served in time: too many jobs,
-        or too old a one, ahead of where the account's job would go. In fair-share order that
-        refuses a flooding account, not the others queueing beside it."""
-        settings = self._settings
-        queue = await self._queue.backlog(model, account)
-        if queue.waiting < settings.max_queue_depth and queue.oldest_wait < settings.max_queue_wait:
-            return
+        or too old a one, were ahead of where the account's job would go. In fair-share order
+        that refuses a flooding account, not the others queueing beside it."""
         metrics.REJECTIONS.labels("queue_full").inc()
         # Little's law: the wait jobs see now is the queue over its drain rate, which is when
         # the queue will have moved on enough; before any job was seen, the oldest one's wait.

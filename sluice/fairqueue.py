@@ -30,7 +30,6 @@ from sluice.contract import (
     fair_tags_key,
     pickup_channel,
 )
-from sluice.ids import earliest
 
 #: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
 #: tokens) spans seconds of tags, far less than the time its jobs take to serve, so tags never
@@ -48,18 +47,70 @@ CLOCK_LEAD_MS = 60_000
 #: accounts.
 OLDEST_AMONG = 64
 
+# Jobs tagged at or below the clock have started (workers take them in tag order): arq keeps
+# running jobs in its queue until they end. Those above it wait. (A job handed back or recovered
+# waits below the clock; it is next to run, and counted as running until it does.)
+# backlog(queue, tags, clock, account ('' for the whole queue), now (ms), OLDEST_AMONG,
+# MS_PER_TOKEN) -> running, waiting (ahead of the account's next job), and when the first
+# OLDEST_AMONG of those arrived (ms; false if none tells): a request id is a UUIDv7, whose first
+# 48 bits are its arrival in Unix milliseconds (sluice/ids.py).
+_BACKLOG_OF = """
+local function backlog(queue, tags, clock_key, account, now, among, step)
+  local clock = redis.call('ZSCORE', clock_key, 'v')
+  local low, running = '-inf', 0
+  if clock then
+    low, running = '(' .. clock, redis.call('ZCOUNT', queue, '-inf', clock)
+  end
+  local high = '+inf'
+  if account ~= '' then
+    local start = tonumber(clock or now) + tonumber(step)
+    start = math.max(start, tonumber(redis.call('ZSCORE', tags, account) or 0))
+    high = '(' .. string.format('%.17g', start)
+  end
+  local waiting = redis.call('ZCOUNT', queue, low, high)
+  local oldest = false
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', queue, low, high, 'LIMIT', 0, among)) do
+    if #id == 32 and string.sub(id, 13, 13) == '7' then
+      local arrived = tonumber(string.sub(id, 1, 12), 16)
+      if arrived and (not oldest or arrived < oldest) then oldest = arrived end
+    end
+  end
+  return running, waiting, oldest
+end
+"""
+
+# KEYS: queue, tags, clock.  ARGV: account ('' for the whole queue), now (ms), OLDEST_AMONG,
+# MS_PER_TOKEN.  Returns backlog()'s three.
+_BACKLOG = (
+    _BACKLOG_OF
+    + """
+return {backlog(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
+"""
+)
+
 # KEYS: the model's queue, job key, its tags, its clock; a worker's own queue, its tags, its
 # clock, and that worker's accepting key (the model's four again when not routed); the gateway
 # relay's wake stream (appended to, so its XREAD takes in the job's stream at once; or the
 # queue again, and ARGV[12] empty, for none).
 # ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
-# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, whether to wake (1 or '').
-# Returns the tag and whether the job went to the worker's queue; the workers of the queue it
-# went to are woken.
+# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, whether to wake (1 or ''),
+# OLDEST_AMONG, and the model queue's limits: how many may wait ahead ('' for no limit) and how
+# long the oldest of them may have waited (ms).
+# Returns the tag and whether the job went to the worker's queue (the workers of the queue it
+# went to are woken); or, refused for the limits, '' and backlog()'s three, nothing written.
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
 # dies never has a job land in its queue after it handed that queue back.
 # Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
-_ENQUEUE = """
+_ENQUEUE = (
+    _BACKLOG_OF
+    + """
+if ARGV[14] ~= '' then
+  local running, waiting, oldest = backlog(KEYS[1], KEYS[3], KEYS[4], ARGV[4], ARGV[6], ARGV[13], ARGV[7])
+  local waited = oldest and tonumber(ARGV[6]) - oldest or 0
+  if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
+    return {'', running, waiting, oldest}
+  end
+end
 local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
 if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
   queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
@@ -84,6 +135,7 @@ if ARGV[12] ~= '' then
 end
 return {string.format('%.17g', tag), routed}
 """
+)
 
 # KEYS: a worker's own queue, the model's queue, its clock.  ARGV: MS_PER_TOKEN, now (ms),
 # CLOCK_LEAD_MS, arq's in-progress key prefix, the model queue's pickup channel.  Moves every job
@@ -108,29 +160,6 @@ end
 return moved
 """
 
-# Jobs tagged at or below the clock have started (workers take them in tag order): arq keeps
-# running jobs in its queue until they end. Those above it wait. (A job handed back or recovered
-# waits below the clock; it is next to run, and counted as running until it does.)
-# KEYS: queue, tags, clock.  ARGV: account ('' for the whole queue), now (ms), OLDEST_AMONG,
-# MS_PER_TOKEN.
-# Returns: running, waiting (ahead of the account's next job), the ids of the first of those.
-_BACKLOG = """
-local clock = redis.call('ZSCORE', KEYS[3], 'v')
-local low, running = '-inf', 0
-if clock then
-  low, running = '(' .. clock, redis.call('ZCOUNT', KEYS[1], '-inf', clock)
-end
-local high = '+inf'
-if ARGV[1] ~= '' then
-  local start = tonumber(clock or ARGV[2]) + tonumber(ARGV[4])
-  start = math.max(start, tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or 0))
-  high = '(' .. string.format('%.17g', start)
-end
-local waiting = redis.call('ZCOUNT', KEYS[1], low, high)
-local first = redis.call('ZRANGEBYSCORE', KEYS[1], low, high, 'LIMIT', 0, ARGV[3])
-return {running, waiting, first}
-"""
-
 
 @dataclass(frozen=True)
 class Backlog:
@@ -140,6 +169,23 @@ class Backlog:
     running: int
     waiting: int
     oldest_wait: float
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Backpressure: at most ``depth`` jobs waiting ahead of a new one, the oldest for at most
+    ``wait`` seconds."""
+
+    depth: int
+    wait: float
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    #: Whether the job went to the worker it was routed to.
+    routed: bool
+    #: Set when it was refused for the queue's limits (and not queued): what stood ahead of it.
+    refused: Backlog | None = None
 
 
 class FairQueue:
@@ -164,9 +210,11 @@ class FairQueue:
         cost: int,
         now_ms: int,
         wake: str | None = None,
-    ) -> bool:
+        limits: QueueLimits | None = None,
+    ) -> Enqueued:
         """Store the job's data and queue it at its account's tag, atomically: on ``worker``'s own
-        queue if it names one that still accepts jobs, else on ``queue``. Whether it was routed."""
+        queue if it names one that still accepts jobs, else on ``queue``. With ``limits``, only
+        if what waits ahead of it on ``queue`` is within them (else nothing is written)."""
         shared = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
         routed, direct = shared, queue
         if worker is not None:
@@ -174,9 +222,13 @@ class FairQueue:
             routed = [direct, fair_tags_key(direct), fair_clock_key(direct), accepting_key(worker)]
         args: list[bytes | str | int | float]
         args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS, CLOCK_LEAD_MS]
-        args += [pickup_channel(queue), pickup_channel(direct), "1" if wake else ""]
-        _, went = await self._enqueue(keys=[*shared, *routed, wake or queue], args=args)
-        return bool(went)
+        args += [pickup_channel(queue), pickup_channel(direct), "1" if wake else "", OLDEST_AMONG]
+        args += [limits.depth, int(limits.wait * 1000)] if limits is not None else ["", ""]
+        tag, *rest = await self._enqueue(keys=[*shared, *routed, wake or queue], args=args)
+        if tag == b"":
+            running, waiting, oldest = rest
+            return Enqueued(routed=False, refused=_backlog(running, waiting, oldest, now_ms / 1000))
+        return Enqueued(routed=bool(rest[0]))
 
     async def hand_back(self, queue: str, worker: str) -> int:
         """Move the jobs routed to ``worker`` that it has not started to ``queue``, ahead of what
@@ -196,10 +248,14 @@ class FairQueue:
         now = time.time()
         keys = [queue, fair_tags_key(queue), fair_clock_key(queue)]
         args: list[str | int | float] = [account or "", int(now * 1000), OLDEST_AMONG, MS_PER_TOKEN]
-        running, waiting, first = await self._backlog(keys=keys, args=args)
-        # A job whose id tells no arrival (not a request's) has not waited, as far as is known.
-        arrived = earliest(first)
-        return Backlog(int(running), int(waiting), max(0.0, now - arrived) if arrived is not None else 0.0)
+        running, waiting, oldest = await self._backlog(keys=keys, args=args)
+        return _backlog(running, waiting, oldest, now)
+
+
+def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> Backlog:
+    # A job whose id tells no arrival (not a request's) has not waited, as far as is known.
+    waited = max(0.0, now - oldest_ms / 1000) if oldest_ms else 0.0
+    return Backlog(int(running), int(waiting), waited)
 
 
 # KEYS: queue, clock.  ARGV: arq's in-progress key prefix, its TTL (ms), how many to take, now

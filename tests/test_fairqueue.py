@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from sluice.contract import accepting_key, direct_queue_key
-from sluice.fairqueue import Claims, FairQueue
+from sluice.fairqueue import Backlog, Claims, FairQueue, QueueLimits
 from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
 
@@ -26,10 +26,17 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def enqueue(fair: FairQueue, account: str, cost: int = 100) -> str:
-    job_id = new_id()
+async def enqueue(
+    fair: FairQueue,
+    account: str,
+    cost: int = 100,
+    limits: QueueLimits | None = None,
+    arrived: float | None = None,
+) -> str | Backlog:
+    """The job's id, or what stood ahead of it if the limits refused it."""
+    job_id = new_id(arrived)
     now_ms = int(time.time() * 1000)
-    await fair.enqueue(
+    queued = await fair.enqueue(
         QUEUE,
         job_id,
         f"job:{job_id}",
@@ -39,8 +46,9 @@ async def enqueue(fair: FairQueue, account: str, cost: int = 100) -> str:
         account=account,
         cost=cost,
         now_ms=now_ms,
+        limits=limits,
     )
-    return job_id
+    return queued.refused or job_id
 
 
 async def start_next(redis: Redis) -> str:
@@ -105,7 +113,7 @@ async def test_a_job_is_routed_only_to_a_worker_that_accepts_and_handed_back_unl
             cost=1,
             now_ms=int(time.time() * 1000),
         )
-        return job_id, went
+        return job_id, went.routed
 
     direct = direct_queue_key(QUEUE, "w1")
     gone, went = await routed("w1")  # no accepting key: stopped, draining or dead
@@ -123,3 +131,27 @@ async def test_a_job_is_routed_only_to_a_worker_that_accepts_and_handed_back_unl
     assert await redis.zrange(direct, 0, -1) == [running.encode()], "a running job stays with its worker"
     ahead = await redis.zrange(QUEUE, 0, 0)
     assert ahead == [waiting.encode()], "a handed-back job has waited already: it goes first"
+
+
+async def test_a_job_past_the_queues_limits_is_refused_and_nothing_is_written(redis: Redis) -> None:
+    fair = FairQueue(redis)
+    limits = QueueLimits(depth=3, wait=30.0)
+    for _ in range(3):
+        assert isinstance(await enqueue(fair, "flooder", limits=limits), str)
+    before = await redis.zcard(QUEUE)
+    refused = await enqueue(fair, "flooder", limits=limits)
+    assert isinstance(refused, Backlog)
+    assert refused.waiting == 3
+    assert await redis.zcard(QUEUE) == before, "a refused job was queued"
+    # Another account's job would go ahead of the flood: nothing waits ahead of it.
+    assert isinstance(await enqueue(fair, "quiet", limits=limits), str)
+
+
+async def test_a_job_behind_one_that_has_waited_too_long_is_refused(redis: Redis) -> None:
+    fair = FairQueue(redis)
+    limits = QueueLimits(depth=100, wait=30.0)
+    assert isinstance(await enqueue(fair, "a", arrived=time.time() - 45), str)  # waiting 45 s
+    refused = await enqueue(fair, "a", limits=limits)
+    assert isinstance(refused, Backlog)
+    assert refused.waiting == 1
+    assert 44 < refused.oldest_wait < 60
