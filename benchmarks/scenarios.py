@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
-from benchmarks.client import Result, stream
+from benchmarks.client import Pool, Result, stream
 from benchmarks.load import closed_loop, ms, open_loop
 from benchmarks.stack import MODEL, Stack, cpu_seconds, peak_rss_mib, rss_mib, running
 from gateway.enqueue import JobQueue
@@ -81,7 +81,11 @@ def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
                 base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
                 body = run_body(tokens)
                 cpu = cpu_seconds(stack.gateway_pid)
-                through = await open_loop(lambda: stream(stack.url, stack.run_path, body), rate, duration)
+                pool = Pool(stack.url)
+                through = await open_loop(
+                    lambda: stream(stack.url, stack.run_path, body, pool=pool), rate, duration
+                )
+                pool.close()
                 return base, through, cpu_seconds(stack.gateway_pid) - cpu
 
             base, through, gateway_cpu = asyncio.run(measure())
@@ -102,6 +106,21 @@ def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
 # --- 2. relay ---------------------------------------------------------------------------------
 
 
+async def _kept_alive(
+    stack: Stack, body: dict[str, object], concurrency: int, duration: float
+) -> tuple[list[Result], float]:
+    """``concurrency`` clients streaming on kept-alive connections, as the SDKs' pools keep them."""
+    pool = Pool(stack.url)
+
+    def request() -> Coroutine[Any, Any, Result]:
+        return stream(stack.url, stack.run_path, body, limit=60, pool=pool)
+
+    try:
+        return await closed_loop(request, concurrency, duration)
+    finally:
+        pool.close()
+
+
 def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
     per_second, tokens = 100.0, 300
     interval_ms = 1000 / per_second
@@ -116,13 +135,7 @@ def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
         ) as stack:
             pids = [stack.gateway_pid, *stack.worker_pids]
             before = [cpu_seconds(pid) for pid in pids]
-            results, elapsed = asyncio.run(
-                closed_loop(
-                    lambda: stream(stack.url, stack.run_path, body, limit=60),
-                    concurrency,
-                    duration,
-                )
-            )
+            results, elapsed = asyncio.run(_kept_alive(stack, body, concurrency, duration))
             gateway_cpu, *worker_cpu = (cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True))
             gaps = [g for r in results for g in r.gaps]
             done = [r for r in results if r.tokens]
