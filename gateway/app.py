@@ -82,7 +82,9 @@ def create_app(settings: Settings) -> Litestar:
         # First, before anything is started that would need stopping: a bad keys file stops here.
         file_keys = load_file(settings.keys_file) if settings.keys_file else None
         redis = connect(redis_url)
-        relay = StreamRelay(redis_url, control=redis)
+        relay = StreamRelay(
+            redis_url, control=redis, coalesce_above=settings.coalesce_above, coalesce_ms=settings.coalesce_ms
+        )
         await relay.start()
         # This process's presence tells workers its jobs still have a reader; the recovery sweep
         # ends or re-runs the jobs of killed workers even when no other worker is left to do it.

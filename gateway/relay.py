@@ -9,6 +9,12 @@ their first entry, so nothing a worker wrote before the subscription joined is m
 
 A subscriber that falls behind (its queue above ``HIGH_WATER``) is left out of the reads until its
 reader takes what is queued, so a slow client holds its backlog in Redis, not in gateway memory.
+
+Each read costs the gateway in proportion to the streams open (every key and its last id are
+sent), so a read per arriving token is most of the gateway's CPU per token. While the relay is
+busy (above ``coalesce_above`` events a second) it reads at most once per ``coalesce_ms``: each
+read then takes many streams' tokens, and each stream's tokens since its last frame leave as one
+frame. Below that rate every token is read and sent as it comes.
 """
 
 from __future__ import annotations
@@ -66,7 +72,9 @@ class Subscription:
 
 
 class StreamRelay:
-    def __init__(self, redis_url: str, control: Redis) -> None:
+    def __init__(
+        self, redis_url: str, control: Redis, *, coalesce_above: int = 0, coalesce_ms: float = 0.0
+    ) -> None:
         # A connection of its own: it spends most of its life blocked in XREAD.
         self._reader = Redis.from_url(redis_url, single_connection_client=True, socket_timeout=None)
         # Entries as Redis sends them: redis-py would build a dict per entry, for its one field.
@@ -78,6 +86,11 @@ class StreamRelay:
         self._subscriptions: dict[bytes, Subscription] = {}
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._busy_above = coalesce_above
+        self._interval = coalesce_ms / 1000
+        self._busy = False
+        self._counted = 0  # events relayed since the rate was last measured
+        self._counted_since = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sluice-relay")
@@ -126,6 +139,15 @@ class StreamRelay:
         except RedisError as exc:
             log.warning("relay wake failed: %s", exc)
 
+    def _count(self, events: int) -> None:
+        """The relayed rate, measured over windows of a tenth of a second (longer when idle)."""
+        self._counted += events
+        now = asyncio.get_running_loop().time()
+        if now - self._counted_since >= 0.1:
+            rate = self._counted / (now - self._counted_since)
+            self._busy = self._busy_above > 0 and rate > self._busy_above
+            self._counted, self._counted_since = 0, now
+
     def _streams(self) -> dict[bytes, bytes]:
         streams = {self._wake_key: self._wake_id}
         for key, subscription in self._subscriptions.items():
@@ -166,3 +188,6 @@ class StreamRelay:
                 for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
                     subscription.last_id = entry_id
                     subscription.deliver(decode_event(value))
+                self._count(len(entries))
+            if self._busy:
+                await asyncio.sleep(self._interval)  # let the next read gather more tokens

@@ -109,6 +109,11 @@ class Settings(Struct, kw_only=True):
     #: waited this many seconds, requests are refused (429, 3040) rather than queued to time out.
     max_queue_depth: int = 1000
     max_queue_wait: float = 30.0
+    #: Coalescing in the gateway's relay: while it relays more than ``coalesce_above`` events a
+    #: second it reads Redis at most once per ``coalesce_ms``, so each stream's tokens since its
+    #: last frame leave as one; below that, every event leaves as it comes. 0 turns it off.
+    coalesce_above: int = 5000
+    coalesce_ms: float = 20.0
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1_048_576
     log_level: str = "info"

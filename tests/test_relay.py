@@ -74,3 +74,34 @@ async def test_many_streams_each_get_their_own_events_in_order(relay: StreamRela
 async def test_streams_expire(redis: Redis) -> None:
     await EventPublisher(redis, ttl_seconds=30).publish("ttl", [Delta(text="x", tokens=1)])
     assert 0 < await redis.ttl("sluice:events:ttl") <= 30
+
+
+async def test_a_busy_relay_sends_each_stream_fewer_bigger_frames(
+    redis_server: EmbeddedRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "BLOCK_MS", 600_000)
+    # Busy above 1 event/s: coalescing on from the relay's first measured tenth of a second.
+    relay = StreamRelay(redis_server.url, control=redis, coalesce_above=1, coalesce_ms=200)
+    await relay.start()
+    subscription = relay.subscribe("busy")
+    publisher = EventPublisher(redis, ttl_seconds=60)
+
+    async def produce() -> None:
+        for i in range(10):
+            await publisher.publish("busy", [Delta(text=str(i), tokens=1)])
+            await asyncio.sleep(0.03)  # the pace of a 33 tok/s stream, not a wait for anything
+
+    producing = asyncio.create_task(produce())
+    takes: list[list[Event]] = []
+    try:
+        async with asyncio.timeout(10):
+            while sum(len(take) for take in takes) < 10:
+                takes.append(await subscription.next())
+            await producing
+    finally:
+        subscription.close()
+        await relay.close()
+    assert takes[0] == [Delta(text="0", tokens=1)]  # a stream's first event is never held
+    assert [event.text for take in takes for event in take if isinstance(event, Delta)] == list("0123456789")
+    # Ten tokens over 300 ms, one take per 200 ms once busy: a handful of frames, not ten.
+    assert len(takes) < 7, [len(take) for take in takes]
