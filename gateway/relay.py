@@ -14,7 +14,8 @@ Each read costs the gateway in proportion to the streams open (every key and its
 sent), so a read per arriving token is most of the gateway's CPU per token. While the relay is
 busy (above ``coalesce_above`` events a second) it reads at most once per ``coalesce_ms``: each
 read then takes many streams' tokens, and each stream's tokens since its last frame leave as one
-frame. Below that rate every token is read and sent as it comes.
+frame. Below that rate every token is read and sent as it comes, and a new stream cuts the wait
+short, so time to first token is never held back.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class StreamRelay:
         self._busy_above = coalesce_above
         self._interval = coalesce_ms / 1000
         self._busy = False
+        self._joined = asyncio.Event()
         self._counted = 0  # events relayed since the rate was last measured
         self._counted_since = 0.0
 
@@ -114,6 +116,7 @@ class StreamRelay:
         :attr:`wake_key` itself (the enqueue script does, in the same round trip)."""
         subscription = Subscription(self, job_id)
         self._subscriptions[subscription.key] = subscription
+        self._joined.set()  # its first token is not held back by coalescing
         if wake:
             self.wake()
         return subscription
@@ -189,5 +192,7 @@ class StreamRelay:
                     subscription.last_id = entry_id
                     subscription.deliver(decode_event(value))
                 self._count(len(entries))
-            if self._busy:
-                await asyncio.sleep(self._interval)  # let the next read gather more tokens
+            if self._busy:  # let the next read gather more tokens, unless a new stream waits
+                self._joined.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._joined.wait(), self._interval)
