@@ -184,3 +184,13 @@ def sglang_double(model_dir: Path) -> Iterator[SGLangDouble]:
     double = start_double(model_dir)
     yield double
     stop(double.process)
+
+
+async def hang_up_after_first_frame(url: str, body: dict[str, object]) -> str:
+    """Stream ``body`` to ``url`` and leave after the first frame; the request's id."""
+    async with httpx.AsyncClient(timeout=30) as client, client.stream("POST", url, json=body) as response:
+        request_id = response.headers["cf-ai-req-id"]
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                break
+    return request_id

@@ -9,19 +9,12 @@ import httpx
 from redis.asyncio import Redis
 
 from sluice.contract import Done, decode_event, events_key
-from tests.conftest import Stack
+from tests.conftest import Stack, hang_up_after_first_frame
 
 
 async def test_disconnect_aborts_the_job(stack: Stack) -> None:
     body = {"prompt": "Write a very long story about a dragon.", "stream": True, "max_tokens": 4000}
-    async with (
-        httpx.AsyncClient(timeout=30) as client,
-        client.stream("POST", stack.native_url, json=body) as response,
-    ):
-        request_id = response.headers["cf-ai-req-id"]
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                break  # one token seen; now hang up
+    request_id = await hang_up_after_first_frame(stack.native_url, body)  # one token seen
     redis = Redis.from_url(stack.redis_url)
     try:
         # arq marks a running job in-progress; the abort ends it long before 4,000 tokens (~2 min).

@@ -3,8 +3,8 @@
 A worker takes jobs from its model's shared queue and from its own direct queue (jobs the gateway
 routed to it: their adapter is loaded here, or their session is pinned here). arq runs one queue
 per ``Worker``, so there are two; each may start a job only while both together run fewer than
-the worker's slots. arq reads ``max_jobs`` before each poll and before each job it starts, right
-where it counts the job in, so a ``max_jobs`` computed from both counts at that moment is exact.
+the worker's slots. ``max_jobs`` is computed from both counts when read, and each poll counts the
+free slots as taken across its claim's round trip, so the two together never overshoot.
 
 Both poll when the worker's :class:`~worker.doorbell.Doorbell` rings (a job queued or aborted, a
 slot freed), and otherwise only every ``poll_delay`` seconds.
