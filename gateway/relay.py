@@ -181,6 +181,7 @@ class StreamRelay:
                 await asyncio.sleep(0.5)
                 continue
             failing_since = None
+            relayed = 0
             for key, entries in response or ():
                 if key == self._wake_key:
                     self._wake_id = entries[-1][0]
@@ -191,7 +192,8 @@ class StreamRelay:
                 for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
                     subscription.last_id = entry_id
                     subscription.deliver(decode_event(value))
-                self._count(len(entries))
+                relayed += len(entries)
+            self._count(relayed)
             if self._busy:  # let the next read gather more tokens, unless a new stream waits
                 self._joined.clear()
                 with contextlib.suppress(TimeoutError):

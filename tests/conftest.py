@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from redis.asyncio import Redis as AsyncRedis
 
 from sluice.cli import wait_ready
 from sluice.config import DEFAULT_MODELS, load_settings
@@ -194,3 +196,16 @@ async def hang_up_after_first_frame(url: str, body: dict[str, object]) -> str:
             if line.startswith("data: "):
                 break
     return request_id
+
+
+async def until_job_ends(redis_url: str, job_id: str, within: float = 15) -> None:
+    """Return once arq's in-progress mark of ``job_id`` is gone (the job ended); fail after
+    ``within`` seconds."""
+    redis = AsyncRedis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + within
+        while await redis.exists(f"arq:in-progress:{job_id}"):
+            assert time.monotonic() < deadline, f"job {job_id} kept running"
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()

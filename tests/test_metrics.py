@@ -12,7 +12,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.contract import queue_key
-from tests.conftest import MODEL, Stack
+from tests.conftest import MODEL, Stack, hang_up_after_first_frame, until_job_ends
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 NATIVE_ROUTE = "/client/v4/accounts/{account_id}/ai/run/{model}"
@@ -37,24 +37,11 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
-def leave_after_first_frame(stack: Stack) -> str:
+async def leave_after_first_frame(stack: Stack) -> None:
+    """A client that leaves after the first frame, until its job has ended."""
     body = {"prompt": "Write a very long story about a dragon.", "stream": True, "max_tokens": 2000}
-    with httpx.stream("POST", stack.native_url, json=body, timeout=30) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                return response.headers["cf-ai-req-id"]
-    raise AssertionError("no frame")
-
-
-async def wait_until_gone(stack: Stack, job_id: str) -> None:
-    client = redis.asyncio.Redis.from_url(stack.redis_url)
-    try:
-        deadline = time.monotonic() + 15
-        while await client.exists(f"arq:in-progress:{job_id}"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-    finally:
-        await client.aclose()
+    gone = await hang_up_after_first_frame(stack.native_url, body)
+    await until_job_ends(stack.redis_url, gone)
 
 
 def test_metrics_follow_a_scripted_mix(stack: Stack, http: httpx.Client) -> None:
@@ -74,8 +61,7 @@ def test_metrics_follow_a_scripted_mix(stack: Stack, http: httpx.Client) -> None
         finally:
             r.zrem(queue_key(MODEL), "placeholder")
     assert busy.status_code == 429
-    gone = leave_after_first_frame(stack)
-    asyncio.run(wait_until_gone(stack, gone))
+    asyncio.run(leave_after_first_frame(stack))
 
     after, worker_after = scrape(gateway_url), scrape(stack.worker_metrics_url)
 

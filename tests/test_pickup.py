@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from sluice.redis_server import EmbeddedRedis
-from tests.conftest import MODEL, Stack, hang_up_after_first_frame, run_stack
+from tests.conftest import MODEL, Stack, hang_up_after_first_frame, run_stack, until_job_ends
 
 SLOTS = 2
 
@@ -46,16 +46,8 @@ async def test_queued_jobs_start_at_once_and_waiting_ones_when_a_slot_frees(woke
 async def test_an_abort_stops_the_job_at_once(woken: Stack) -> None:
     body = {"prompt": "Hi", "stream": True, "max_tokens": 4000}  # 40 s at 100 tok/s
     request_id = await hang_up_after_first_frame(woken.native_url, body)
-    redis = Redis.from_url(woken.redis_url)
-    try:
-        # arq's in-progress mark goes when the job ends: long before its 40 s only if the abort woke
-        # the worker (its fallback poll is an hour away).
-        deadline = time.monotonic() + 15
-        while await redis.exists(f"arq:in-progress:{request_id}"):
-            assert time.monotonic() < deadline, "the job kept running after its client left"
-            await asyncio.sleep(0.05)
-    finally:
-        await redis.aclose()
+    # Long before its 40 s only if the abort woke the worker (its fallback poll is an hour away).
+    await until_job_ends(woken.redis_url, request_id, within=15)
 
 
 async def test_an_idle_worker_does_not_poll_redis(woken: Stack) -> None:
