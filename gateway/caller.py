@@ -34,6 +34,10 @@ class Caller:
 
 
 def caller_of(request: Request[Any, Any, Any]) -> Caller:
+    """The caller authentication found. The generation routes call this rather than take it as
+    a dependency: Litestar resolves a handler's several dependencies concurrently, in an anyio
+    task group per request, which cost about 80 µs of CPU per request, as much as the rest
+    of Litestar's routing and decoding together."""
     caller = request.scope.get("state", {}).get(CALLER_STATE)
     return caller if isinstance(caller, Caller) else Caller(key=None)
 

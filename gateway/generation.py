@@ -253,6 +253,10 @@ class Generations:
         self._counter = counter
         self._background: set[asyncio.Task[None]] = set()
 
+    def served(self, model: str) -> ServedModel:
+        """The served model by its public name (5007 for one this deployment does not serve)."""
+        return self._settings.served(model)
+
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)  # held until done: the event loop keeps only weak references

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, SkipValidation
 
 from gateway.auth import authenticate
-from gateway.caller import Caller
+from gateway.caller import caller_of
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import CLOUDFLARE_ERRORS
 from gateway.generation import Generations
@@ -19,7 +19,6 @@ from gateway.native.serving import run_json, run_stream
 from gateway.routing import SESSION_HEADER
 from gateway.sse import EventStream
 from gateway.streaming import first_output
-from sluice.config import Settings
 
 
 class NativeController(Controller):
@@ -40,18 +39,21 @@ class NativeController(Controller):
         model: FromPath[str],
         request: Request[Any, Any, Any],
         data: SkipValidation[RunRequest],
-        settings: NamedDependency[Settings],
         generations: NamedDependency[Generations],
-        caller: NamedDependency[Caller],
     ) -> Response[RunEnvelope]:
         payload = strict(data, RunRequest)
         # `path` parameters keep their leading slash; `%2F` arrives already decoded by the server.
-        served = settings.served(model.lstrip("/"))
+        served = generations.served(model.lstrip("/"))
         request_id = request_id_of(request)
         busy_rejects = payload.options is not None and payload.options.reject_if_busy
         session = request.headers.get(SESSION_HEADER)
         handle = await generations.start(
-            served.name, payload, request_id, caller=caller, reject_if_busy=busy_rejects, session=session
+            served.name,
+            payload,
+            request_id,
+            caller=caller_of(request),
+            reject_if_busy=busy_rejects,
+            session=session,
         )
         label_model(request, served.name)
         # cf-ai-req-id is the header Workers AI clients read the request id from.

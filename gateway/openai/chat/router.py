@@ -8,7 +8,7 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 
-from gateway.caller import Caller
+from gateway.caller import caller_of
 from gateway.decode import StreamingOperation, strict
 from gateway.errors import OPENAI_ERRORS
 from gateway.generation import Generations
@@ -37,13 +37,14 @@ class ChatController(Controller):
         request: Request[Any, Any, Any],
         data: SkipValidation[ChatCompletionRequest],
         generations: NamedDependency[Generations],
-        caller: NamedDependency[Caller],
     ) -> Response[ChatCompletion]:
         payload = strict(data, ChatCompletionRequest)
         native = to_native(payload)
         request_id = request_id_of(request)
         session = request.headers.get(SESSION_HEADER)
-        handle = await generations.start(payload.model, native, request_id, caller=caller, session=session)
+        handle = await generations.start(
+            payload.model, native, request_id, caller=caller_of(request), session=session
+        )
         label_model(request, handle.job.model)  # the base model: adapters would be unbounded
         if not payload.stream:
             return Response(await chat_json(handle, request.receive, payload.model))
