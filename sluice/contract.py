@@ -287,7 +287,9 @@ class Usage(Struct):
 
 class Started(Struct, tag="started"):
     """The worker picked the job up; ``attempt`` counts from 1; ``at`` is its wall clock then,
-    which against :attr:`Job.enqueued_at` gives the time a job waited in the queue."""
+    which against :attr:`Job.enqueued_at` gives the time a job waited in the queue. Written with
+    the attempt's first events, in the same write (an attempt that never got as far as an answer
+    or an error may have none)."""
 
     worker: str
     attempt: int = 1

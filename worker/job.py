@@ -115,13 +115,18 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
 
 
 async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
+    starting: list[Event] = [Started(worker=deps.worker_id, attempt=attempt)]
+
     def publish(events: list[Event]) -> Awaitable[None]:
+        # Started goes out with the job's first events, in their write: a write of its own cost
+        # a script call here and a read in the gateway per request. Its `at` is still when the
+        # job started, so the queue wait the gateway reads off it is unchanged.
+        if events and starting:
+            events = [starting.pop(), *events]
         return deps.publisher.publish(job.id, events)
 
-    # Both in parallel, one round trip, during which the engine already starts on the prompt.
-    recorded = asyncio.gather(
-        deps.inflight.start(job), publish([Started(worker=deps.worker_id, attempt=attempt)])
-    )
+    # One round trip, during which the engine already starts on the prompt.
+    recorded = asyncio.ensure_future(deps.inflight.start(job))
     try:
         ref = job.adapter
         adapter = AdapterFiles(ref.id, adapter_folder(deps.adapters, ref)) if ref is not None else None
@@ -132,7 +137,7 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
         return "failed"
     generation = deps.engine.submit(f"{job.id}:{attempt}", request)
     try:
-        wanted, _ = await recorded
+        wanted = await recorded
     except BaseException:
         generation.cancel()
         raise
