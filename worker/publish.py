@@ -33,10 +33,11 @@ async def _not_yet(error: Exception) -> None:
 class EventPublisher:
     """Appends jobs' events to their streams; one per worker, shared by all its jobs.
 
-    The writes that jobs make in the same turn of the event loop go out in one call, so a
-    worker running hundreds of streams makes one round trip per turn rather than one per job;
-    a write never waits for an earlier one to finish (each takes its own pooled connection).
-    A job awaits its own publish, so its events stay in order.
+    One write is in flight at a time: what jobs publish meanwhile goes out together in the next
+    one, so writes batch exactly as much as the load needs. A lone stream's tokens each leave
+    at once; many streams' tokens share a script call in the worker, a script run in Redis and
+    a read in the gateway, instead of each costing all three. A job awaits its own publish, so
+    its events stay in order.
     """
 
     def __init__(self, redis: Redis, ttl_seconds: int, retry: Retry | None = None) -> None:
@@ -62,9 +63,17 @@ class EventPublisher:
         await done
 
     async def _flush(self) -> None:
+        """Write until nothing is pending; what arrives during a write goes in the next."""
         await asyncio.sleep(0)  # one turn: the jobs woken alongside this one join the write
+        try:
+            while self._pending:
+                await self._write_pending()
+        finally:
+            self._scheduled = False
+
+    async def _write_pending(self) -> None:
         pending, waiters = self._pending, self._waiters
-        self._pending, self._waiters, self._scheduled = {}, [], False
+        self._pending, self._waiters = {}, []
         try:
             # Retried (same entries, in order): a Redis restarting with its append-only file comes
             # back within seconds, and the streams in flight carry on where they were.
