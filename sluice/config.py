@@ -114,6 +114,10 @@ class Settings(Struct, kw_only=True):
     #: last frame leave as one; below that, every event leaves as it comes. 0 turns it off.
     coalesce_above: int = 5000
     coalesce_ms: float = 20.0
+    #: A worker writes its jobs' events at most once per this many milliseconds, each write
+    #: taking every token since the last (a job's first events go at once). 0: every token is
+    #: written as it comes.
+    publish_interval_ms: float = 2.0
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1_048_576
     log_level: str = "info"

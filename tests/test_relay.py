@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from gateway import relay as relay_module
 from gateway.relay import StreamRelay
-from sluice.contract import Delta, Done, Event, Usage
+from sluice.contract import Delta, Done, Event, Started, Usage
 from sluice.redis_server import EmbeddedRedis
 from worker.publish import EventPublisher
 
@@ -105,3 +105,19 @@ async def test_a_busy_relay_sends_each_stream_fewer_bigger_frames(
     assert [event.text for take in takes for event in take if isinstance(event, Delta)] == list("0123456789")
     # Ten tokens over 300 ms, one take per 200 ms once busy: a handful of frames, not ten.
     assert len(takes) < 7, [len(take) for take in takes]
+
+
+async def test_a_jobs_first_events_are_not_held_back_by_the_publish_interval(redis: Redis) -> None:
+    # An interval far longer than the test: only a job's first events may cut it short.
+    publisher = EventPublisher(redis, ttl_seconds=60, interval=600)
+    started = Started(worker="w")
+    async with asyncio.timeout(10):
+        await publisher.publish("first", [started, Delta(text="a", tokens=1)])
+    later = asyncio.create_task(publisher.publish("first", [Delta(text="b", tokens=1)]))
+    await asyncio.sleep(0)
+    assert not later.done(), "a job's later tokens wait out the interval"
+    async with asyncio.timeout(10):
+        await publisher.publish("second", [started, Delta(text="c", tokens=1)])  # its time to first token
+        await later  # and the waiting token rode along in the same write
+    assert await redis.xlen("sluice:events:first") == 3  # Started, "a", "b"
+    assert await redis.xlen("sluice:events:second") == 2

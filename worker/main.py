@@ -138,7 +138,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
     inflight = InFlight(pool, worker_id, settings.heartbeat_ttl)
-    publisher = EventPublisher(pool, settings.stream_ttl)
+    publisher = EventPublisher(pool, settings.stream_ttl, interval=settings.publish_interval_ms / 1000)
     deps = JobDeps(
         engine=engine,
         worker_id=worker_id,

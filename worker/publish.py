@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from sluice.contract import Event
+from sluice.contract import Event, Started
 from sluice.events import EventLog
 
 log = logging.getLogger("sluice.worker.publish")
@@ -26,6 +26,11 @@ log = logging.getLogger("sluice.worker.publish")
 RIDE_OUT = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10)
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def _not_yet(error: Exception) -> None:
     log.warning("events not written yet (Redis unavailable), retrying: %s", error)
 
@@ -33,16 +38,23 @@ async def _not_yet(error: Exception) -> None:
 class EventPublisher:
     """Appends jobs' events to their streams; one per worker, shared by all its jobs.
 
-    One write is in flight at a time: what jobs publish meanwhile goes out together in the next
-    one, so writes batch exactly as much as the load needs. A lone stream's tokens each leave
-    at once; many streams' tokens share a script call in the worker, a script run in Redis and
-    a read in the gateway, instead of each costing all three. A job awaits its own publish, so
-    its events stay in order.
+    One write is in flight at a time, and writes start at most every ``interval`` seconds: what
+    jobs publish meanwhile goes out together in the next one. Every write costs a script call
+    here, a script run in Redis, a read in the gateway and a frame to each client; batched, many
+    tokens share those, where one token each would pay them all (most of the CPU per token of
+    all three processes). A job's first events (they start with :class:`Started`) never wait
+    for the interval, so time to first token is not held back; later tokens wait at most
+    ``interval``. A job awaits its own publish, so its events stay in order.
     """
 
-    def __init__(self, redis: Redis, ttl_seconds: int, retry: Retry | None = None) -> None:
+    def __init__(
+        self, redis: Redis, ttl_seconds: int, retry: Retry | None = None, *, interval: float = 0.0
+    ) -> None:
         self._log = EventLog(redis, ttl_seconds)
         self._retry = retry or RIDE_OUT
+        self._interval = interval
+        self._last_write = -interval
+        self._hurry: asyncio.Future[None] | None = None  # set: stop waiting for the interval
         self._pending: dict[str, list[Event]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -54,6 +66,8 @@ class EventPublisher:
         self._pending.setdefault(job_id, []).extend(events)
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
+        if isinstance(events[0], Started) and self._hurry is not None and not self._hurry.done():
+            self._hurry.set_result(None)  # a job's first events: its time to first token
         if not self._scheduled:
             self._scheduled = True
             # Its own task: a job cancelled while waiting must not cancel the others' writes.
@@ -67,9 +81,25 @@ class EventPublisher:
         await asyncio.sleep(0)  # one turn: the jobs woken alongside this one join the write
         try:
             while self._pending:
+                await self._until_due()
+                self._last_write = asyncio.get_running_loop().time()
                 await self._write_pending()
         finally:
             self._scheduled = False
+
+    async def _until_due(self) -> None:
+        """Wait out the interval since the last write, unless a job's first events are pending."""
+        loop = asyncio.get_running_loop()
+        wait = self._last_write + self._interval - loop.time()
+        if wait <= 0 or any(isinstance(events[0], Started) for events in self._pending.values()):
+            return
+        hurry = self._hurry = loop.create_future()
+        timer = loop.call_later(wait, _resolve, hurry)
+        try:
+            await hurry
+        finally:
+            timer.cancel()
+            self._hurry = None
 
     async def _write_pending(self) -> None:
         pending, waiters = self._pending, self._waiters
