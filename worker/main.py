@@ -22,6 +22,7 @@ import msgspec
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.config import Settings
@@ -138,7 +139,10 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
     inflight = InFlight(pool, worker_id, settings.heartbeat_ttl)
-    publisher = EventPublisher(pool, settings.stream_ttl, interval=settings.publish_interval_ms / 1000)
+    # A connection of its own: the publisher has one write in flight at a time, and a pooled
+    # command costs a checkout (and a read to check the connection) each.
+    events = Redis.from_url(settings.redis_url, single_connection_client=True)
+    publisher = EventPublisher(events, settings.stream_ttl, interval=settings.publish_interval_ms / 1000)
     deps = JobDeps(
         engine=engine,
         worker_id=worker_id,
@@ -225,6 +229,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         await deregister(pool, worker_id)
     for worker in workers:
         await worker.close()  # closes its pool
+    await events.aclose()
     for task in polling:
         with contextlib.suppress(asyncio.CancelledError):
             await task
