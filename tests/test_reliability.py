@@ -19,7 +19,7 @@ import httpx
 import pytest
 from redis import Redis as SyncRedis
 
-from sluice.contract import WORKERS_KEY, Started, decode_event, events_key
+from sluice.contract import WORKERS_KEY, Delta, Failed, Started, decode_event, events_key
 from sluice.redis_server import EmbeddedRedis, free_port
 from tests.conftest import MODEL, wait_for_http
 
@@ -170,6 +170,27 @@ def test_a_gateway_killed_mid_stream_has_its_job_aborted(site: Site) -> None:
     assert not site.redis_client().exists(f"arq:job:{job_id}")
     site.gateway()  # a new gateway serves at once
     assert ask(site).status_code == 200
+
+
+def test_a_job_whose_gateway_died_while_it_waited_is_not_run(site: Site) -> None:
+    doomed = site.gateway()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(ask, site, 2000)  # 100 s of tokens, were it run
+        queue = f"sluice:queue:{MODEL}"
+        until(lambda: site.redis_client().zcard(queue) == 1, message="not queued")
+        (job_id,) = [m.decode() for m in site.redis_client().zrange(queue, 0, -1)]  # type: ignore[union-attr]
+        doomed.kill()
+        with pytest.raises(httpx.HTTPError):
+            waiting.result(60)
+    until(
+        lambda: not site.redis_client().keys("sluice:gateway:*"), message="the dead gateway's presence stayed"
+    )
+    site.worker()
+    until(lambda: not site.redis_client().zcard(queue), message="the job was not taken up and ended")
+    entries: list[Any] = site.redis_client().xrange(events_key(job_id))  # type: ignore[assignment]
+    events = [decode_event(fields[b"e"]) for _, fields in entries]
+    assert isinstance(events[-1], Failed), events
+    assert sum(isinstance(e, Delta) for e in events) <= 1, "the engine ran on for nobody"
 
 
 def test_clients_that_leave_after_the_first_frame_leave_nothing_running(site: Site) -> None:

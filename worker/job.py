@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,32 +125,52 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
             events = [starting.pop(), *events]
         return deps.publisher.publish(job.id, events)
 
-    # One round trip, during which the engine already starts on the prompt.
+    # One round trip, during which the engine already starts on the prompt; the first events
+    # do not wait for it (on the TTFT path, it was one round trip more).
     recorded = asyncio.ensure_future(deps.inflight.start(job))
+    try:
+        return await _generate(deps, job, attempt, publish, recorded)
+    finally:
+        # The job's end is recorded after this (run_job): never before its start, or it would
+        # stay listed as running here.
+        await asyncio.wait({recorded})
+        if not recorded.cancelled() and (error := recorded.exception()) is not None:
+            log.warning("job not recorded as running here: %r", error, extra={"request_id": job.id})
+
+
+def _gateway_gone(recorded: asyncio.Future[bool]) -> bool:
+    """The record has been answered, and says the job's gateway is gone. A record that failed
+    (Redis away) is no reason to stop: recovery finds unrecorded jobs by arq's in-progress mark."""
+    if not recorded.done() or recorded.cancelled() or recorded.exception() is not None:
+        return False
+    return not recorded.result()
+
+
+async def _generate(
+    deps: JobDeps,
+    job: Job,
+    attempt: int,
+    publish: Callable[[list[Event]], Awaitable[None]],
+    recorded: asyncio.Future[bool],
+) -> Outcome:
     try:
         ref = job.adapter
         adapter = AdapterFiles(ref.id, adapter_folder(deps.adapters, ref)) if ref is not None else None
         request = prepare(job.input, adapter)
     except SluiceError as error:
-        await recorded
         await publish([failed(error)])
         return "failed"
     generation = deps.engine.submit(f"{job.id}:{attempt}", request)
-    try:
-        wanted = await recorded
-    except BaseException:
-        generation.cancel()
-        raise
-    if not wanted:
-        generation.cancel()
-        log.info("job not run: its gateway is gone", extra={"request_id": job.id})
-        await publish([failed(reader_gone())])  # never a silent end, should its client be there
-        return "aborted"
     watch = ToolCallWatch(job.input.tools_offered)
     sent = 0
     try:
         while True:
             events, ended = to_events(await generation.next_batch())
+            if _gateway_gone(recorded):
+                generation.cancel()
+                log.info("job not run: its gateway is gone", extra={"request_id": job.id})
+                await publish([failed(reader_gone())])  # never a silent end, should its client be there
+                return "aborted"
             events = watch.filter(events)
             await publish(events)
             sent += sum(e.tokens for e in events if isinstance(e, Delta))
