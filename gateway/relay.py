@@ -14,8 +14,9 @@ Each read costs the gateway in proportion to the streams open (every key and its
 sent), so a read per arriving token is most of the gateway's CPU per token. While the relay is
 busy (above ``coalesce_above`` events a second) it reads at most once per ``coalesce_ms``: each
 read then takes many streams' tokens, and each stream's tokens since its last frame leave as one
-frame. Below that rate every token is read and sent as it comes, and a new stream cuts the wait
-short, so time to first token is never held back.
+frame. Below that rate every token is read and sent as it comes. The wait between reads is a
+read of the streams that have had no event yet, so a new stream's first token ends it: time to
+first token is never held back.
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ class StreamRelay:
         self._busy_above = coalesce_above
         self._interval = coalesce_ms / 1000
         self._busy = False
-        self._joined = asyncio.Event()
         self._counted = 0  # events relayed since the rate was last measured
         self._counted_since = 0.0
 
@@ -116,7 +116,6 @@ class StreamRelay:
         :attr:`wake_key` itself (the enqueue script does, in the same round trip)."""
         subscription = Subscription(self, job_id)
         self._subscriptions[subscription.key] = subscription
-        self._joined.set()  # its first token is not held back by coalescing
         if wake:
             self.wake()
         return subscription
@@ -172,6 +171,9 @@ class StreamRelay:
             self._wake_pending = False
             try:
                 response = await self._reader.xread(self._streams(), count=COUNT, block=BLOCK_MS)
+                self._count(self._deliver(response))
+                if self._busy:
+                    await self._hold()
             except (RedisError, OSError) as exc:
                 now = asyncio.get_running_loop().time()
                 failing_since = failing_since or now
@@ -181,20 +183,30 @@ class StreamRelay:
                 await asyncio.sleep(0.5)
                 continue
             failing_since = None
-            relayed = 0
-            for key, entries in response or ():
-                if key == self._wake_key:
-                    self._wake_id = entries[-1][0]
-                    continue
-                subscription = self._subscriptions.get(key)
-                if subscription is None:
-                    continue
-                for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
-                    subscription.last_id = entry_id
-                    subscription.deliver(decode_event(value))
-                relayed += len(entries)
-            self._count(relayed)
-            if self._busy:  # let the next read gather more tokens, unless a new stream waits
-                self._joined.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._joined.wait(), self._interval)
+
+    async def _hold(self) -> None:
+        """Let the next read gather more tokens, for at most the interval. The wait is itself a
+        read, of the streams that have had no event yet (and the wake stream): a new stream's
+        first token ends it at once, so coalescing never holds back a time to first token."""
+        fresh = {key: s.last_id for key, s in self._subscriptions.items() if s.last_id == b"0-0"}
+        block = max(1, round(self._interval * 1000))
+        response = await self._reader.xread(
+            {self._wake_key: self._wake_id, **fresh}, count=COUNT, block=block
+        )
+        self._count(self._deliver(response))
+
+    def _deliver(self, response: list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]) -> int:
+        """Hand a read's entries to their subscriptions; how many there were."""
+        relayed = 0
+        for key, entries in response:
+            if key == self._wake_key:
+                self._wake_id = entries[-1][0]
+                continue
+            subscription = self._subscriptions.get(key)
+            if subscription is None:
+                continue
+            for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
+                subscription.last_id = entry_id
+                subscription.deliver(decode_event(value))
+            relayed += len(entries)
+        return relayed

@@ -112,8 +112,8 @@ class Settings(Struct, kw_only=True):
     #: Coalescing in the gateway's relay: while it relays more than ``coalesce_above`` events a
     #: second it reads Redis at most once per ``coalesce_ms``, so each stream's tokens since its
     #: last frame leave as one; below that, every event leaves as it comes. 0 turns it off.
-    coalesce_above: int = 5000
-    coalesce_ms: float = 20.0
+    coalesce_above: int = 1000
+    coalesce_ms: float = 10.0
     #: A worker writes its jobs' events at most once per this many milliseconds, each write
     #: taking every token since the last (a job's first events go at once). 0: every token is
     #: written as it comes.

@@ -121,3 +121,33 @@ async def test_a_jobs_first_events_are_not_held_back_by_the_publish_interval(red
         await later  # and the waiting token rode along in the same write
     assert await redis.xlen("sluice:events:first") == 3  # Started, "a", "b"
     assert await redis.xlen("sluice:events:second") == 2
+
+
+async def test_a_busy_relay_reads_a_new_streams_first_token_at_once(
+    redis_server: EmbeddedRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "BLOCK_MS", 600_000)
+    # Busy above 1 event/s, and then holding each read for ten minutes: only a first token may
+    # cut the hold short.
+    relay = StreamRelay(redis_server.url, control=redis, coalesce_above=1, coalesce_ms=600_000)
+    await relay.start()
+    busy = relay.subscribe("busy")
+    publisher = EventPublisher(redis, ttl_seconds=60)
+
+    async def produce() -> None:
+        while True:
+            await publisher.publish("busy", [Delta(text=".", tokens=1)])
+            await asyncio.sleep(0.01)  # the pace of a 100 tok/s stream, not a wait for anything
+
+    producing = asyncio.create_task(produce())
+    try:
+        await busy.next()
+        await asyncio.sleep(0.3)  # the relay measures its rate over tenths of a second: now busy
+        new = relay.subscribe("new")
+        await publisher.publish("new", [Delta(text="first", tokens=1)])
+        async with asyncio.timeout(10):
+            assert await new.next() == [Delta(text="first", tokens=1)]
+    finally:
+        producing.cancel()
+        busy.close()
+        await relay.close()
