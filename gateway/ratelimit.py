@@ -17,7 +17,7 @@ The admission's answer also says when each window next frees (``Retry-After`` an
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,31 +28,58 @@ from sluice.keys import KeyRecord
 
 WINDOW_MS = 60_000
 
-# KEYS: requests (zset id->time), tokens (zset "id:amount"->time), in flight (zset id->lease end)
-# ARGV: now, window, rpm, tpm, concurrency, id, cost, lease
-_ADMIT = """
+# The tokens reserved in the window are kept as a running total beside their set: adding the set
+# up at every admission cost Redis time in proportion to the key's requests per minute (a key
+# allowed 100,000 a minute would have had each admission read up to 100,000 entries). Each
+# reservation is added once and taken off once, as it leaves the window or is resized; a total
+# that is missing (or whose set is gone) is counted afresh from the set, once.
+_RESERVED = """
+local function amount(member)
+  return tonumber(string.match(member, ':(%d+)$'))
+end
+local function reserved_total(tokens, total, horizon)
+  local used = redis.call('GET', total)
+  if used and redis.call('EXISTS', tokens) == 1 then
+    used = tonumber(used)
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', tokens, '-inf', horizon)) do
+      used = used - amount(member)
+    end
+    redis.call('ZREMRANGEBYSCORE', tokens, '-inf', horizon)
+  else
+    redis.call('ZREMRANGEBYSCORE', tokens, '-inf', horizon)
+    used = 0
+    for _, member in ipairs(redis.call('ZRANGE', tokens, 0, -1)) do
+      used = used + amount(member)
+    end
+  end
+  return math.max(used, 0)
+end
+"""
+
+# KEYS: requests (zset id->time), tokens (zset "id:amount"->time), in flight (zset id->lease end),
+# the tokens' running total.  ARGV: now, window, rpm, tpm, concurrency, id, cost, lease
+_ADMIT = (
+    _RESERVED
+    + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rpm, tpm, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local id, cost, lease = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local requests = redis.call('ZCARD', KEYS[1])
-local reservations = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-local used = 0
-for i = 1, #reservations, 2 do
-  used = used + tonumber(string.match(reservations[i], ':(%d+)$'))
-end
+local used = reserved_total(KEYS[2], KEYS[4], now - window)
 local function next_request_slot()
   if requests < rpm then return 0 end
   local oldest = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
   return tonumber(oldest[2]) + window - now
 end
+-- Only when the tokens are short: oldest first, until enough of them will have left the window.
 local function tokens_free_for(need)
   local free = tpm - used
   if need <= free then return 0 end
+  local reservations = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
   for i = 1, #reservations, 2 do
-    free = free + tonumber(string.match(reservations[i], ':(%d+)$'))
+    free = free + amount(reservations[i])
     if need <= free then return tonumber(reservations[i + 1]) + window - now end
   end
   return window
@@ -71,10 +98,14 @@ else
   redis.call('PEXPIRE', KEYS[3], lease)
   requests, used = requests + 1, used + cost
 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[4], used, 'PX', redis.call('PTTL', KEYS[2]))
+end
 return {verdict, requests, used, next_request_slot(), tokens_free_for(verdict == 'tokens' and cost or 1)}
 """
+)
 
-# KEYS: tokens, in flight. ARGV: id, reserved, actual
+# KEYS: tokens, in flight, the tokens' running total. ARGV: id, reserved, actual
 _RELEASE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 local reserved = ARGV[1] .. ':' .. ARGV[2]
@@ -82,6 +113,9 @@ local at = redis.call('ZSCORE', KEYS[1], reserved)
 if at then
   redis.call('ZREM', KEYS[1], reserved)
   redis.call('ZADD', KEYS[1], at, ARGV[1] .. ':' .. ARGV[3])
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('INCRBY', KEYS[3], tonumber(ARGV[3]) - tonumber(ARGV[2]))
+  end
 end
 return at and 1 or 0
 """
@@ -127,14 +161,23 @@ class EffectiveLimits:
 
 
 def _keys(key: KeyRecord) -> list[str]:
-    # One hash tag per key: the three sets live in one Redis Cluster slot, as a script needs.
+    # One hash tag per key: its sets and total live in one Redis Cluster slot, as a script needs.
     base = f"sluice:rl:{{{key.id}}}"
-    return [f"{base}:requests", f"{base}:tokens", f"{base}:inflight"]
+    # (The reservations' set is not the ``:tokens`` of releases before the running total: a
+    # gateway of each during a rolling update then keeps its own, instead of one miscounting.)
+    return [f"{base}:requests", f"{base}:reserved", f"{base}:inflight", f"{base}:reserved:total"]
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, defaults: EffectiveLimits, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        defaults: EffectiveLimits,
+        lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = redis
+        self._clock = clock  # seconds since the epoch: shared by every gateway
         self._defaults = defaults
         self._lease_ms = int(lease_seconds * 1000) + WINDOW_MS
         self._admit = redis.register_script(_ADMIT)
@@ -157,7 +200,7 @@ class RateLimiter:
                 f"{limits.tpm} tokens per minute: lower max_tokens",
                 param="max_tokens",
             )
-        now = int(time.time() * 1000)
+        now = int(self._clock() * 1000)
         args: list[str | int] = [now, WINDOW_MS, limits.rpm, limits.tpm, limits.concurrency]
         args += [request_id, cost, self._lease_ms]
         answer = await cast(Awaitable[list[Any]], self._admit(keys=_keys(key), args=args))
@@ -181,4 +224,4 @@ class RateLimiter:
         """The request ended: its slot freed, its reservation resized to what it really used."""
         keys = _keys(key)
         args: list[str | int] = [request_id, reserved, min(actual, reserved)]
-        await self._release(keys=[keys[1], keys[2]], args=args)
+        await self._release(keys=[keys[1], keys[2], keys[3]], args=args)
