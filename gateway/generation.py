@@ -57,6 +57,10 @@ log = logging.getLogger("sluice.gateway")
 REDIS_TIMEOUT = 3.0
 
 
+#: What a generation's timer delivers when its time is up (told apart from a worker's by identity).
+_DEADLINE = Failed(code=int(ErrorCode.TIMEOUT), status=408, message="", retryable=True)
+
+
 def error_from(event: Failed) -> SluiceError:
     return SluiceError(ErrorCode(event.code), event.status, event.message, retryable=event.retryable)
 
@@ -115,6 +119,10 @@ class GenerationHandle:
         self._abort = abort
         self._timeout = timeout
         self._last_output: float | None = None
+        self._inter_token = metrics.INTER_TOKEN.labels(job.model)  # observed per output: bound once
+        # One timer for the whole wait, which ends it with an event of its own: a timeout scope
+        # around each wait for the next event cost a timer and two context switches per event.
+        self._deadline = asyncio.get_running_loop().call_later(timeout, subscription.deliver, _DEADLINE)
 
     @property
     def id(self) -> str:
@@ -123,20 +131,15 @@ class GenerationHandle:
     async def _events(self) -> AsyncIterator[Output | Started]:
         """Outputs as they come, and a :class:`Started` whenever the job starts over on another
         attempt (its worker stopped and handed it back); raises on failure and timeout."""
-        deadline = asyncio.get_running_loop().time() + self._timeout
         while True:
-            try:
-                # A deadline per wait, not one around the generator: a timeout spanning yields
-                # would cancel whatever the consumer is doing between them.
-                async with asyncio.timeout_at(deadline):
-                    events = await self._subscription.next()
-            except TimeoutError:
-                metrics.ABORTS.labels("timeout").inc()
-                raise SluiceError(
-                    ErrorCode.TIMEOUT, 408, f"Request timeout after {self._timeout:.0f}s", retryable=True
-                ) from None
+            events = await self._subscription.next()
             # Deltas that arrived together leave together: one frame, one write to the socket.
             for event in coalesce(events):
+                if event is _DEADLINE:
+                    metrics.ABORTS.labels("timeout").inc()
+                    raise SluiceError(
+                        ErrorCode.TIMEOUT, 408, f"Request timeout after {self._timeout:.0f}s", retryable=True
+                    )
                 if isinstance(event, Delta | ToolCalls):
                     self._observe_output()
                     self._generated += event.tokens if isinstance(event, Delta) else 0
@@ -204,6 +207,7 @@ class GenerationHandle:
         Synchronous on purpose: it runs in ``finally`` blocks of responses whose client is gone,
         where the server has cancelled the task and any further ``await`` would be cancelled too.
         """
+        self._deadline.cancel()
         self._subscription.close()
         if self.done is None:
             metrics.ABORTS.labels("client_gone").inc()
@@ -218,7 +222,7 @@ class GenerationHandle:
         if self._last_output is None:
             metrics.FIRST_TOKEN.labels(model).observe(now - self.job.enqueued_at)
         else:
-            metrics.INTER_TOKEN.labels(model).observe(now - self._last_output)
+            self._inter_token.observe(now - self._last_output)
         self._last_output = now
 
     def _observe_done(self, done: Done) -> None:
