@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 from redis.asyncio import Redis
@@ -22,16 +24,36 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-async def relay(
-    redis_server: EmbeddedRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[StreamRelay]:
+@pytest.fixture(autouse=True)
+def _long_block(monkeypatch: pytest.MonkeyPatch) -> None:
     # A block far longer than the test may take: only a wake-up can end a read in time.
     monkeypatch.setattr(relay_module, "BLOCK_MS", 600_000)
+
+
+@pytest.fixture
+async def relay(redis_server: EmbeddedRedis, redis: Redis) -> AsyncIterator[StreamRelay]:
     relay = StreamRelay(redis_server.url, control=redis)
     await relay.start()
     yield relay
     await relay.close()
+
+
+@contextlib.asynccontextmanager
+async def busy_relay(redis_server: EmbeddedRedis, redis: Redis, hold_ms: float) -> AsyncIterator[StreamRelay]:
+    """A relay busy above 1 event/s: coalescing from its first measured tenth of a second on."""
+    relay = StreamRelay(redis_server.url, control=redis, coalesce_above=1, coalesce_ms=hold_ms)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+async def paced(publisher: EventPublisher, job_id: str, texts: Iterable[str], every: float) -> None:
+    """A stream's tokens at a steady pace (the pace of a model, not a wait for anything)."""
+    for text in texts:
+        await publisher.publish(job_id, [Delta(text=text, tokens=1)])
+        await asyncio.sleep(every)
 
 
 async def test_events_written_before_subscribing_are_replayed(relay: StreamRelay, redis: Redis) -> None:
@@ -77,30 +99,17 @@ async def test_streams_expire(redis: Redis) -> None:
 
 
 async def test_a_busy_relay_sends_each_stream_fewer_bigger_frames(
-    redis_server: EmbeddedRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
-    monkeypatch.setattr(relay_module, "BLOCK_MS", 600_000)
-    # Busy above 1 event/s: coalescing on from the relay's first measured tenth of a second.
-    relay = StreamRelay(redis_server.url, control=redis, coalesce_above=1, coalesce_ms=200)
-    await relay.start()
-    subscription = relay.subscribe("busy")
-    publisher = EventPublisher(redis, ttl_seconds=60)
-
-    async def produce() -> None:
-        for i in range(10):
-            await publisher.publish("busy", [Delta(text=str(i), tokens=1)])
-            await asyncio.sleep(0.03)  # the pace of a 33 tok/s stream, not a wait for anything
-
-    producing = asyncio.create_task(produce())
     takes: list[list[Event]] = []
-    try:
+    async with busy_relay(redis_server, redis, hold_ms=200) as relay:
+        subscription = relay.subscribe("busy")
+        producing = asyncio.create_task(paced(EventPublisher(redis, 60), "busy", "0123456789", 0.03))
         async with asyncio.timeout(10):
             while sum(len(take) for take in takes) < 10:
                 takes.append(await subscription.next())
             await producing
-    finally:
         subscription.close()
-        await relay.close()
     assert takes[0] == [Delta(text="0", tokens=1)]  # a stream's first event is never held
     assert [event.text for take in takes for event in take if isinstance(event, Delta)] == list("0123456789")
     # Ten tokens over 300 ms, one take per 200 ms once busy: a handful of frames, not ten.
@@ -124,30 +133,20 @@ async def test_a_jobs_first_events_are_not_held_back_by_the_publish_interval(red
 
 
 async def test_a_busy_relay_reads_a_new_streams_first_token_at_once(
-    redis_server: EmbeddedRedis, redis: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
-    monkeypatch.setattr(relay_module, "BLOCK_MS", 600_000)
-    # Busy above 1 event/s, and then holding each read for ten minutes: only a first token may
-    # cut the hold short.
-    relay = StreamRelay(redis_server.url, control=redis, coalesce_above=1, coalesce_ms=600_000)
-    await relay.start()
-    busy = relay.subscribe("busy")
     publisher = EventPublisher(redis, ttl_seconds=60)
-
-    async def produce() -> None:
-        while True:
-            await publisher.publish("busy", [Delta(text=".", tokens=1)])
-            await asyncio.sleep(0.01)  # the pace of a 100 tok/s stream, not a wait for anything
-
-    producing = asyncio.create_task(produce())
-    try:
-        await busy.next()
-        await asyncio.sleep(0.3)  # the relay measures its rate over tenths of a second: now busy
-        new = relay.subscribe("new")
-        await publisher.publish("new", [Delta(text="first", tokens=1)])
-        async with asyncio.timeout(10):
-            assert await new.next() == [Delta(text="first", tokens=1)]
-    finally:
-        producing.cancel()
-        busy.close()
-        await relay.close()
+    # Then holding each read for ten minutes: only a first token may cut the hold short.
+    async with busy_relay(redis_server, redis, hold_ms=600_000) as relay:
+        busy = relay.subscribe("busy")
+        producing = asyncio.create_task(paced(publisher, "busy", itertools.repeat("."), 0.01))
+        try:
+            await busy.next()
+            await asyncio.sleep(0.3)  # the relay measures its rate over tenths of a second: now busy
+            new = relay.subscribe("new")
+            await publisher.publish("new", [Delta(text="first", tokens=1)])
+            async with asyncio.timeout(10):
+                assert await new.next() == [Delta(text="first", tokens=1)]
+        finally:
+            producing.cancel()
+            busy.close()

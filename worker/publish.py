@@ -66,8 +66,8 @@ class EventPublisher:
         self._pending.setdefault(job_id, []).extend(events)
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
-        if isinstance(events[0], Started) and self._hurry is not None and not self._hurry.done():
-            self._hurry.set_result(None)  # a job's first events: its time to first token
+        if isinstance(events[0], Started) and self._hurry is not None:
+            _resolve(self._hurry)  # a job's first events: its time to first token
         if not self._scheduled:
             self._scheduled = True
             # Its own task: a job cancelled while waiting must not cancel the others' writes.
