@@ -39,14 +39,15 @@ local function amount(member)
 end
 local function reserved_total(tokens, total, horizon)
   local used = redis.call('GET', total)
-  if used and redis.call('EXISTS', tokens) == 1 then
+  local kept = used and redis.call('EXISTS', tokens) == 1
+  local leaving = redis.call('ZRANGEBYSCORE', tokens, '-inf', horizon)
+  redis.call('ZREMRANGEBYSCORE', tokens, '-inf', horizon)
+  if kept then
     used = tonumber(used)
-    for _, member in ipairs(redis.call('ZRANGEBYSCORE', tokens, '-inf', horizon)) do
+    for _, member in ipairs(leaving) do
       used = used - amount(member)
     end
-    redis.call('ZREMRANGEBYSCORE', tokens, '-inf', horizon)
   else
-    redis.call('ZREMRANGEBYSCORE', tokens, '-inf', horizon)
     used = 0
     for _, member in ipairs(redis.call('ZRANGE', tokens, 0, -1)) do
       used = used + amount(member)
@@ -98,8 +99,9 @@ else
   redis.call('PEXPIRE', KEYS[3], lease)
   requests, used = requests + 1, used + cost
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('SET', KEYS[4], used, 'PX', redis.call('PTTL', KEYS[2]))
+local ttl = redis.call('PTTL', KEYS[2])  -- -2: the set is gone, and the total goes with it
+if ttl > 0 then
+  redis.call('SET', KEYS[4], used, 'PX', ttl)
 end
 return {verdict, requests, used, next_request_slot(), tokens_free_for(verdict == 'tokens' and cost or 1)}
 """

@@ -150,10 +150,12 @@ class StreamRelay:
             self._busy = self._busy_above > 0 and rate > self._busy_above
             self._counted, self._counted_since = 0, now
 
-    def _streams(self) -> dict[bytes, bytes]:
+    def _streams(self, *, fresh: bool = False) -> dict[bytes, bytes]:
+        """What a read takes: the wake stream and every stream not paused; ``fresh``: only those
+        that have had no event yet."""
         streams = {self._wake_key: self._wake_id}
         for key, subscription in self._subscriptions.items():
-            if not subscription.paused:
+            if not subscription.paused and not (fresh and subscription.last_id != b"0-0"):
                 streams[key] = subscription.last_id
         return streams
 
@@ -188,11 +190,8 @@ class StreamRelay:
         """Let the next read gather more tokens, for at most the interval. The wait is itself a
         read, of the streams that have had no event yet (and the wake stream): a new stream's
         first token ends it at once, so coalescing never holds back a time to first token."""
-        fresh = {key: s.last_id for key, s in self._subscriptions.items() if s.last_id == b"0-0"}
         block = max(1, round(self._interval * 1000))
-        response = await self._reader.xread(
-            {self._wake_key: self._wake_id, **fresh}, count=COUNT, block=block
-        )
+        response = await self._reader.xread(self._streams(fresh=True), count=COUNT, block=block)
         self._count(self._deliver(response))
 
     def _deliver(self, response: list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]) -> int:

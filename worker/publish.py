@@ -55,6 +55,7 @@ class EventPublisher:
         self._interval = interval
         self._last_write = -interval
         self._hurry: asyncio.Future[None] | None = None  # set: stop waiting for the interval
+        self._urgent = False  # a job's first events are pending
         self._pending: dict[str, list[Event]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -66,8 +67,10 @@ class EventPublisher:
         self._pending.setdefault(job_id, []).extend(events)
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
-        if isinstance(events[0], Started) and self._hurry is not None:
-            _resolve(self._hurry)  # a job's first events: its time to first token
+        if isinstance(events[0], Started):  # a job's first events: its time to first token
+            self._urgent = True
+            if self._hurry is not None:
+                _resolve(self._hurry)
         if not self._scheduled:
             self._scheduled = True
             # Its own task: a job cancelled while waiting must not cancel the others' writes.
@@ -91,7 +94,7 @@ class EventPublisher:
         """Wait out the interval since the last write, unless a job's first events are pending."""
         loop = asyncio.get_running_loop()
         wait = self._last_write + self._interval - loop.time()
-        if wait <= 0 or any(isinstance(events[0], Started) for events in self._pending.values()):
+        if wait <= 0 or self._urgent:
             return
         hurry = self._hurry = loop.create_future()
         timer = loop.call_later(wait, _resolve, hurry)
@@ -103,7 +106,7 @@ class EventPublisher:
 
     async def _write_pending(self) -> None:
         pending, waiters = self._pending, self._waiters
-        self._pending, self._waiters = {}, []
+        self._pending, self._waiters, self._urgent = {}, [], False
         try:
             # Retried (same entries, in order): a Redis restarting with its append-only file comes
             # back within seconds, and the streams in flight carry on where they were.
