@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 
 from benchmarks.client import Pool, Result, stream
 from benchmarks.load import closed_loop, ms, open_loop
-from benchmarks.stack import MODEL, Stack, cpu_seconds, peak_rss_mib, rss_mib, running
+from benchmarks.stack import MODEL, Stack, cpu_seconds, floor, peak_rss_mib, rss_mib, running
 from gateway.enqueue import JobQueue
 from sluice.config import ServedModel
 from sluice.contract import (
@@ -69,36 +70,60 @@ def latency_row(results: list[Result], prefix: str) -> Row:
     }
 
 
+async def _served(
+    url: str, path: str, body: dict[str, object], pid: int, rate: float, duration: float
+) -> tuple[list[Result], float]:
+    """Open-loop streams from the server at ``url``, and its CPU milliseconds per answered one."""
+    pool = Pool(url)
+    cpu = cpu_seconds(pid)
+    try:
+        results = await open_loop(lambda: stream(url, path, body, pool=pool), rate, duration)
+    finally:
+        pool.close()
+    answered = sum(r.status == 200 for r in results)
+    return results, round((cpu_seconds(pid) - cpu) * 1000 / max(1, answered), 2)
+
+
+def _shape(results: list[Result]) -> dict[str, object]:
+    """The floor's body: as many frames as the gateway wrote, over as long."""
+    ok = [r for r in results if r.status == 200]
+    frames = max(1, round(statistics.median(len(r.gaps) + 1 for r in ok)))
+    return {"frames": frames, "interval_ms": statistics.median(r.e2e for r in ok) * 1000 / frames}
+
+
 def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
     tokens, per_second = 16, 1000.0
     served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
     rows: list[Row] = []
-    with running(logs / "overhead", synthetic_tokens_per_second=str(per_second)) as stack:
+    with (
+        running(logs / "overhead", synthetic_tokens_per_second=str(per_second)) as stack,
+        floor(logs / "overhead") as bare,
+    ):
         for rate in rates:
 
-            async def measure(rate: float = rate) -> tuple[list[Result], list[Result], float]:
+            async def measure(rate: float = rate) -> Row:
                 engine = SyntheticEngine(served, tokens_per_second=per_second, first_token_delay=0.0)
                 base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
-                body = run_body(tokens)
-                cpu = cpu_seconds(stack.gateway_pid)
-                pool = Pool(stack.url)
-                through = await open_loop(
-                    lambda: stream(stack.url, stack.run_path, body, pool=pool), rate, duration
+                through, gateway_cpu = await _served(
+                    stack.url, stack.run_path, run_body(tokens), stack.gateway_pid, rate, duration
                 )
-                pool.close()
-                return base, through, cpu_seconds(stack.gateway_pid) - cpu
+                shape = _shape(through)
+                _, floor_cpu = await _served(bare.url, "/", shape, bare.pid, rate, duration)
+                ok = sum(r.status == 200 for r in through)
+                row: Row = {"rate": rate, "sent": len(through), "ok": ok, "frames": shape["frames"]}
+                # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
+                row["gateway_cpu_ms_per_request"] = gateway_cpu
+                row["floor_cpu_ms_per_request"] = floor_cpu
+                row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
+                return row | latency_row(base, "engine") | latency_row(through, "sluice")
 
-            base, through, gateway_cpu = asyncio.run(measure())
-            ok = [r for r in through if r.status == 200]
-            row: Row = {"rate": rate, "sent": len(through), "ok": len(ok)}
-            # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
-            row["gateway_cpu_ms_per_request"] = round(gateway_cpu * 1000 / max(1, len(ok)), 2)
-            row |= latency_row(base, "engine") | latency_row(through, "sluice")
+            row = asyncio.run(measure())
             row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
             row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
             rows.append(row)
             added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
             added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
+            added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
             print(f"  overhead @ {rate:>5} req/s: {added}")
     return rows
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +71,40 @@ def running(
                     process.wait(20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+@dataclass
+class Floor:
+    url: str
+    pid: int
+
+
+@contextmanager
+def floor(logs: Path, ready_timeout: float = 60) -> Iterator[Floor]:
+    """The gateway's HTTP server with nothing behind it (``benchmarks/floor.py``)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with (logs / "floor.log").open("wb") as out:
+        command = [sys.executable, "-m", "benchmarks.floor", str(port)]
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not _listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the floor server did not start; see {logs / 'floor.log'}")
+            time.sleep(0.05)
+        yield Floor(url=f"http://127.0.0.1:{port}", pid=process.pid)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _status_mib(pid: int, field: str) -> float:

@@ -11,14 +11,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
-from typing import Any, get_args
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, get_args
 
 import msgspec
 from pythonjsonlogger.json import JsonFormatter
 
 from sluice.config import EngineName, Settings, describe, load_settings
 from sluice.redis_server import EmbeddedRedis
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("sluice")
 
@@ -116,27 +119,35 @@ def _settings(args: argparse.Namespace, passthrough: list[str]) -> Settings:
     return load_settings(flags)
 
 
-def run_gateway(settings: Settings) -> None:
+def http_server(
+    app: Callable[..., Awaitable[None]], host: str, port: int, log_level: str, grace: float
+) -> uvicorn.Server:
+    """The HTTP server the gateway runs on (``benchmarks/floor.py`` measures it with no app)."""
     import uvicorn
 
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level=log_level,
+        log_config=None,  # uvicorn's own lines go through the process's (JSON) handler too
+        access_log=False,  # gateway/metrics.py writes one richer line per request
+        # Streams still open get this long after SIGTERM (the same grace a worker drains for).
+        timeout_graceful_shutdown=int(grace),
+    )
+    return uvicorn.Server(config)
+
+
+def run_gateway(settings: Settings) -> None:
     from gateway.app import create_app
 
     if not settings.redis_url:
         sys.exit("sluice gateway: set REDIS_URL or --redis-url (or use `sluice up`)")
     _banner("gateway", settings)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        log_config=None,  # uvicorn's own lines go through the process's (JSON) handler too
-        access_log=False,  # gateway/metrics.py writes one richer line per request
-        # Streams still open get this long after SIGTERM (the same grace a worker drains for).
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
-    )
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    http_server(app, settings.host, settings.port, settings.log_level, settings.shutdown_grace).run()
 
 
 def run_worker(settings: Settings) -> None:
