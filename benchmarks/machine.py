@@ -18,6 +18,15 @@ from typing import Any
 ROUND_TRIPS = 2000
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """The whole machine's CPU ticks so far, busy and in all (``/proc/stat``): how saturated the
+    cores were during a measurement, load generator included."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _loop_ns() -> float:
     """Nanoseconds per iteration of a plain CPython loop (best of three)."""
     best = float("inf")

@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from benchmarks.client import Pool, Result, stream
 from benchmarks.load import closed_loop, ms, open_loop
+from benchmarks.machine import cpu_ticks
 from benchmarks.stack import MODEL, Stack, cpu_seconds, floor, peak_rss_mib, rss_mib, running
 from gateway.enqueue import JobQueue
 from sluice.config import ServedModel
@@ -70,18 +72,30 @@ def latency_row(results: list[Result], prefix: str) -> Row:
     }
 
 
+@dataclass
+class Served:
+    results: list[Result]
+    cpu_ms_per_request: float  # the server process's, per answered request
+    machine_busy: float  # fraction of all the cores busy meanwhile, load generator included
+
+
 async def _served(
     url: str, path: str, body: dict[str, object], pid: int, rate: float, duration: float
-) -> tuple[list[Result], float]:
-    """Open-loop streams from the server at ``url``, and its CPU milliseconds per answered one."""
+) -> Served:
+    """Open-loop streams from the server at ``url``, and what they cost."""
     pool = Pool(url)
-    cpu = cpu_seconds(pid)
+    cpu, (busy, total) = cpu_seconds(pid), cpu_ticks()
     try:
         results = await open_loop(lambda: stream(url, path, body, pool=pool), rate, duration)
     finally:
         pool.close()
     answered = sum(r.status == 200 for r in results)
-    return results, round((cpu_seconds(pid) - cpu) * 1000 / max(1, answered), 2)
+    busy_after, total_after = cpu_ticks()
+    return Served(
+        results,
+        round((cpu_seconds(pid) - cpu) * 1000 / max(1, answered), 2),
+        (busy_after - busy) / max(1, total_after - total),
+    )
 
 
 def _shape(results: list[Result]) -> dict[str, object]:
@@ -104,18 +118,20 @@ def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
             async def measure(rate: float = rate) -> Row:
                 engine = SyntheticEngine(served, tokens_per_second=per_second, first_token_delay=0.0)
                 base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
-                through, gateway_cpu = await _served(
+                sluice = await _served(
                     stack.url, stack.run_path, run_body(tokens), stack.gateway_pid, rate, duration
                 )
-                shape = _shape(through)
-                _, floor_cpu = await _served(bare.url, "/", shape, bare.pid, rate, duration)
-                ok = sum(r.status == 200 for r in through)
-                row: Row = {"rate": rate, "sent": len(through), "ok": ok, "frames": shape["frames"]}
+                shape = _shape(sluice.results)
+                bare_server = await _served(bare.url, "/", shape, bare.pid, rate, duration)
+                ok = sum(r.status == 200 for r in sluice.results)
+                row: Row = {"rate": rate, "sent": len(sluice.results), "ok": ok, "frames": shape["frames"]}
+                row["machine_busy_pct"] = round(sluice.machine_busy * 100)
                 # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
+                gateway_cpu, floor_cpu = sluice.cpu_ms_per_request, bare_server.cpu_ms_per_request
                 row["gateway_cpu_ms_per_request"] = gateway_cpu
                 row["floor_cpu_ms_per_request"] = floor_cpu
                 row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
-                return row | latency_row(base, "engine") | latency_row(through, "sluice")
+                return row | latency_row(base, "engine") | latency_row(sluice.results, "sluice")
 
             row = asyncio.run(measure())
             row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
@@ -124,6 +140,7 @@ def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
             added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
             added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
             added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
+            added += f", machine {row['machine_busy_pct']} % busy"
             print(f"  overhead @ {rate:>5} req/s: {added}")
     return rows
 
