@@ -10,6 +10,9 @@ from benchmarks.machine import summary
 
 Row = dict[str, Any]
 
+#: DESIGN.md: the gateway's CPU per streamed 16-token request.
+BUDGET_CPU_MS = 1.5
+
 
 def markdown(results: dict[str, list[Row]], facts: dict[str, Any]) -> str:
     lines = [f"# Sluice benchmarks\n\nMachine: {summary(facts)}\n"]
@@ -48,6 +51,7 @@ def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:
         )
         axes.legend()
         made.append(_save(figure, folder / "overhead.png"))
+        made.append(_save(_cpu_figure(plt, rows), folder / "gateway-cpu.png"))
     if rows := results.get("relay"):
         figure, axes = plt.subplots(figsize=(7, 4))
         concurrency = [r["concurrency"] for r in rows]
@@ -57,6 +61,24 @@ def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:
         axes.legend()
         made.append(_save(figure, folder / "relay.png"))
     return made
+
+
+def _cpu_figure(plt: Any, rows: list[Row]) -> Any:
+    """The gateway's CPU per request against its bare HTTP server's, and the budget."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    rates = [r["rate"] for r in rows]
+    axes.plot(rates, [r["gateway_cpu_ms_per_request"] for r in rows], marker="o", label="gateway")
+    floor = [r["floor_cpu_ms_per_request"] for r in rows]
+    axes.plot(rates, floor, "--", marker="o", label="bare HTTP server")
+    axes.axhline(BUDGET_CPU_MS, color="grey", linestyle=":", label=f"budget ({BUDGET_CPU_MS} ms)")
+    axes.set(
+        xlabel="requests/s",
+        ylabel="CPU ms per 16-token stream",
+        title="Gateway CPU per request vs its HTTP server alone",
+        ylim=(0, None),
+    )
+    axes.legend()
+    return figure
 
 
 def _save(figure: Any, path: Path) -> Path:
