@@ -26,7 +26,8 @@ import contextlib
 import logging
 import uuid
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from sluice.contract import Event, decode_event, events_key
@@ -42,6 +43,43 @@ BLOCK_MS = 5_000
 COUNT = 512
 #: Seconds of Redis outage after which open streams end with an error instead of waiting on.
 OUTAGE_GRACE = 5.0
+
+
+Entries = list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]
+
+
+class _Reader:
+    """The relay's connection: it spends most of its life blocked in XREAD. Commands go straight
+    to the connection, below redis-py's client (its lock, retry and reply callbacks were a third
+    of each read's CPU), and entries stay as Redis sends them: the client would build a dict per
+    entry, for its one field."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._pool = ConnectionPool.from_url(redis_url, socket_timeout=None)
+        self._connection: Connection | None = None
+
+    async def xread(self, streams: dict[bytes, bytes], block_ms: int) -> Entries:
+        connection = self._connection or await self._connect()
+        command: tuple[str | int | bytes, ...] = ("XREAD", "COUNT", COUNT, "BLOCK", block_ms, "STREAMS")
+        command += (*streams, *streams.values())
+        try:
+            await connection.send_packed_command(connection.pack_command(*command), check_health=False)
+            response: Entries | None = await connection.read_response()
+        except BaseException:
+            # Cancelled or failed mid-reply: what is left of the reply must not be read as the
+            # next one's. The next read connects afresh.
+            self._connection = None
+            await connection.disconnect()
+            raise
+        return response or []
+
+    async def _connect(self) -> Connection:
+        connection: Connection = await self._pool.get_connection()
+        self._connection = connection
+        return connection
+
+    async def close(self) -> None:
+        await self._pool.aclose()
 
 
 class Subscription:
@@ -77,10 +115,7 @@ class StreamRelay:
     def __init__(
         self, redis_url: str, control: Redis, *, coalesce_above: int = 0, coalesce_ms: float = 0.0
     ) -> None:
-        # A connection of its own: it spends most of its life blocked in XREAD.
-        self._reader = Redis.from_url(redis_url, single_connection_client=True, socket_timeout=None)
-        # Entries as Redis sends them: redis-py would build a dict per entry, for its one field.
-        self._reader.set_response_callback("XREAD", lambda response, **_: response or [])
+        self._reader = _Reader(redis_url)
         self._control = control
         self._wake_key = f"sluice:wake:{uuid.uuid4().hex}".encode()
         self._wake_id = b"0-0"
@@ -104,7 +139,7 @@ class StreamRelay:
                 await self._task
         with contextlib.suppress(RedisError):
             await self._control.delete(self._wake_key)
-        await self._reader.aclose()
+        await self._reader.close()
 
     @property
     def wake_key(self) -> str:
@@ -172,7 +207,7 @@ class StreamRelay:
             # Reset before taking the stream set: any subscription from here on sends a new wake.
             self._wake_pending = False
             try:
-                response = await self._reader.xread(self._streams(), count=COUNT, block=BLOCK_MS)
+                response = await self._reader.xread(self._streams(), BLOCK_MS)
                 self._count(self._deliver(response))
                 if self._busy:
                     await self._hold()
@@ -191,10 +226,10 @@ class StreamRelay:
         read, of the streams that have had no event yet (and the wake stream): a new stream's
         first token ends it at once, so coalescing never holds back a time to first token."""
         block = max(1, round(self._interval * 1000))
-        response = await self._reader.xread(self._streams(fresh=True), count=COUNT, block=block)
+        response = await self._reader.xread(self._streams(fresh=True), block)
         self._count(self._deliver(response))
 
-    def _deliver(self, response: list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]) -> int:
+    def _deliver(self, response: Entries) -> int:
         """Hand a read's entries to their subscriptions; how many there were."""
         relayed = 0
         for key, entries in response:
