@@ -26,6 +26,7 @@ import contextlib
 import logging
 import uuid
 
+import hiredis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
@@ -51,8 +52,9 @@ Entries = list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]
 class _Reader:
     """The relay's connection: it spends most of its life blocked in XREAD. Commands go straight
     to the connection, below redis-py's client (its lock, retry and reply callbacks were a third
-    of each read's CPU), and entries stay as Redis sends them: the client would build a dict per
-    entry, for its one field."""
+    of each read's CPU), packed by hiredis (redis-py 5's asyncio packer is Python, per argument:
+    an XREAD names every open stream), and entries stay as Redis sends them: the client would
+    build a dict per entry, for its one field."""
 
     def __init__(self, redis_url: str) -> None:
         self._pool = ConnectionPool.from_url(redis_url, socket_timeout=None)
@@ -63,7 +65,8 @@ class _Reader:
         command: tuple[str | int | bytes, ...] = ("XREAD", "COUNT", COUNT, "BLOCK", block_ms, "STREAMS")
         command += (*streams, *streams.values())
         try:
-            await connection.send_packed_command(connection.pack_command(*command), check_health=False)
+            packed = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says one argument
+            await connection.send_packed_command(packed, check_health=False)
             response: Entries | None = await connection.read_response()
         except BaseException:
             # Cancelled or failed mid-reply: what is left of the reply must not be read as the
