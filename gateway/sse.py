@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from litestar import Litestar, Request
     from litestar.background_tasks import BackgroundTask, BackgroundTasks
     from litestar.datastructures import Cookie
-    from litestar.types import HTTPResponseBodyEvent, Receive, Send, TypeEncodersMap
+    from litestar.types import HTTPResponseBodyEvent, Receive, Scope, Send, TypeEncodersMap
 
 _encoder = msgspec.json.Encoder()
 
@@ -36,6 +36,10 @@ class EventStream(Stream):
     streamed request. This one streams in the request's own task and watches for the client
     leaving in a plain asyncio task, with the same outcome: a client that leaves cancels the body
     (whose ``finally`` aborts its job), and the response ends quietly.
+
+    Nothing is sent before the body's first frame, so a handler returns this as soon as its job
+    is queued: a body whose generation fails before any output raises its error instead, and the
+    exception handlers answer it with a real HTTP status (``gateway/streaming.py``).
     """
 
     def __init__(self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
@@ -69,20 +73,10 @@ class EventStream(Stream):
 
 
 class _EventStreamBody(ASGIStreamingResponse):
-    async def _stream(self, send: Send) -> None:
-        """Each chunk as it comes; the one that ends with ``[DONE]`` also ends the body, in the
-        same write."""
-        async for chunk in self.iterator:
-            body = chunk if isinstance(chunk, bytes) else chunk.encode()
-            last = body.endswith(DONE)
-            event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": not last}
-            await send(event)
-            if last:
-                return
-        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
-        await send(end)
-
-    async def send_body(self, send: Send, receive: Receive) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The response starts with its first frame. Until that is known, a failure is raised to
+        the exception handlers, a real HTTP error in the route's envelope; and the response was
+        made while the job waited, not after its first token."""
         streaming = asyncio.current_task()
         assert streaming is not None
         left = False
@@ -96,10 +90,30 @@ class _EventStreamBody(ASGIStreamingResponse):
 
         watcher = asyncio.create_task(watch())
         try:
-            await self._stream(send)
+            chunks = aiter(self.iterator)
+            first = await anext(chunks, None)
+            await self.start_response(send)
+            await self._send_frames(send, first, chunks)
         except asyncio.CancelledError:
             if not left:
                 raise  # the server's own cancellation (shutdown), not the client leaving
-            streaming.uncancel()
+            streaming.uncancel()  # whether queued or streaming: the body's end aborted its job
         finally:
             watcher.cancel()
+        await self.after_response()
+
+    async def _send_frames(
+        self, send: Send, chunk: str | bytes | None, rest: AsyncIterator[str | bytes]
+    ) -> None:
+        """Each chunk as it comes; the one that ends with ``[DONE]`` also ends the body, in the
+        same write."""
+        while chunk is not None:
+            body = chunk if isinstance(chunk, bytes) else chunk.encode()
+            last = body.endswith(DONE)
+            event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": not last}
+            await send(event)
+            if last:
+                return
+            chunk = await anext(rest, None)
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(end)

@@ -107,6 +107,24 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def lone_gateway(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway and no worker (all still loading, say), on a Redis database of its own: what it
+    queues stays queued."""
+    logs = tmp_path_factory.mktemp("lone-gateway-logs")
+    port = free_port()
+    redis_url = redis_server.url.rsplit("/", 1)[0] + "/11"
+    env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_PORT": str(port), "SLUICE_AUTH": "open"}
+    env["SLUICE_MODELS"] = json.dumps([{"name": MODEL, "engine": "synthetic", "model": "synthetic"}])
+    gateway = start("gateway", env, logs / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", gateway)
+        yield Stack(url=url, redis_url=redis_url, logs=logs)
+    finally:
+        stop(gateway)
+
+
+@pytest.fixture(scope="session")
 def synthetic_stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Gateway and a worker on the synthetic engine (fast, no model), on their own Redis database
     so their queue is not the real model's."""

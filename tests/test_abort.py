@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import httpx
+from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 
-from sluice.contract import Done, decode_event, events_key
-from tests.conftest import Stack, hang_up_after_first_frame, until_job_ends
+from sluice.contract import Done, decode_event, events_key, queue_key
+from tests.conftest import MODEL, Stack, hang_up_after_first_frame, until_job_ends
 
 
 async def test_disconnect_aborts_the_job(stack: Stack) -> None:
@@ -25,6 +26,30 @@ async def test_disconnect_aborts_the_job(stack: Stack) -> None:
         generated = sum(getattr(e, "tokens", 0) for e in events)
         assert generated < 4000
     finally:
+        await redis.aclose()
+
+
+async def test_a_streaming_client_that_leaves_while_its_job_waits_aborts_it(lone_gateway: Stack) -> None:
+    """Nobody takes the job (no worker): its client hangs up before any token, and the job is
+    aborted then, not when a worker would have run it for nobody."""
+    body = {"prompt": "Tell me about the sea.", "stream": True, "max_tokens": 64}
+    redis = Redis.from_url(lone_gateway.redis_url)
+    queue = queue_key(MODEL)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            request = asyncio.create_task(client.post(lone_gateway.native_url, json=body))
+            deadline = time.monotonic() + 15
+            while not (queued := await redis.zrange(queue, 0, -1)):
+                assert time.monotonic() < deadline, "the job was never queued"
+                await asyncio.sleep(0.02)
+            request.cancel()
+        (job_id,) = queued
+        deadline = time.monotonic() + 15
+        while await redis.zscore(abort_jobs_ss, job_id) is None:
+            assert time.monotonic() < deadline, "the job stayed queued after its client left"
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.delete(queue)
         await redis.aclose()
 
 

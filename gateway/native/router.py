@@ -18,7 +18,6 @@ from gateway.native.protocol import RunEnvelope, RunRequest
 from gateway.native.serving import run_json, run_stream
 from gateway.routing import SESSION_HEADER
 from gateway.sse import EventStream
-from gateway.streaming import first_output
 
 
 class NativeController(Controller):
@@ -60,7 +59,6 @@ class NativeController(Controller):
         headers = {"cf-ai-req-id": request_id}
         if not payload.stream:
             return Response(await run_json(handle, request.receive, payload), headers=headers)
-        first, rest = await first_output(handle)
-        stream = run_stream(handle, first, rest)
+        # Returned while the job waits: it answers once the first output (or error) is known.
         # Annotated as the JSON envelope for the OpenAPI document; streams are its other media type.
-        return EventStream(stream, headers)  # type: ignore[return-value]
+        return EventStream(run_stream(handle), headers)  # type: ignore[return-value]

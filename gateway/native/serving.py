@@ -65,18 +65,12 @@ def error_frame(error: SluiceError) -> bytes:
     return frame(ErrorFrame(response="", errors=cloudflare_body(error).errors))
 
 
-def run_stream(
-    handle: GenerationHandle, first: Output | None, rest: AsyncIterator[Output]
-) -> AsyncIterator[bytes]:
-    return event_stream(handle, _frames(handle, first, rest), error_frame)
+def run_stream(handle: GenerationHandle) -> AsyncIterator[bytes]:
+    return event_stream(handle, _frames(handle), error_frame)
 
 
-async def _frames(
-    handle: GenerationHandle, first: Output | None, rest: AsyncIterator[Output]
-) -> AsyncIterator[bytes]:
-    if first is not None:
-        yield output_frame(first)
-        async for output in rest:
-            yield output_frame(output)
+async def _frames(handle: GenerationHandle) -> AsyncIterator[bytes]:
+    async for output in handle.outputs():
+        yield output_frame(output)
     assert handle.done is not None
     yield frame(StreamFrame(response="", usage=handle.done.usage))

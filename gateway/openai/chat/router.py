@@ -18,7 +18,6 @@ from gateway.openai.chat.serving import chat_json, chat_stream
 from gateway.openai.chat.translate import to_native
 from gateway.routing import SESSION_HEADER
 from gateway.sse import EventStream
-from gateway.streaming import first_output
 
 
 class ChatController(Controller):
@@ -48,7 +47,7 @@ class ChatController(Controller):
         label_model(request, handle.job.model)  # the base model: adapters would be unbounded
         if not payload.stream:
             return Response(await chat_json(handle, request.receive, payload.model))
-        first, rest = await first_output(handle)
-        stream = chat_stream(handle, payload.model, first, rest, include_usage=payload.include_usage)
+        # Returned while the job waits: it answers once the first output (or error) is known.
+        stream = chat_stream(handle, payload.model, include_usage=payload.include_usage)
         # Annotated as the JSON object for the OpenAPI document; streams are its other media type.
         return EventStream(stream)  # type: ignore[return-value]

@@ -27,30 +27,19 @@ def output_chunk(chunks: ChunkWriter, output: Output | None, *, first: bool) -> 
     return frame(chunks.tool_calls(output.calls, role=first))
 
 
-def chat_stream(
-    handle: GenerationHandle,
-    model: str,
-    first: Output | None,
-    rest: AsyncIterator[Output],
-    *,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    frames = _chat_frames(handle, model, first, rest, include_usage=include_usage)
+def chat_stream(handle: GenerationHandle, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
+    frames = _chat_frames(handle, model, include_usage=include_usage)
     return event_stream(handle, frames, openai_error_frame)
 
 
-async def _chat_frames(
-    handle: GenerationHandle,
-    model: str,
-    first: Output | None,
-    rest: AsyncIterator[Output],
-    *,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
+async def _chat_frames(handle: GenerationHandle, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
     chunks = ChunkWriter(handle.id, int(time.time()), model)
-    yield output_chunk(chunks, first, first=True)
-    async for output in rest:
-        yield output_chunk(chunks, output, first=False)
+    first = True
+    async for output in handle.outputs():
+        yield output_chunk(chunks, output, first=first)
+        first = False
+    if first:  # no output at all: the role still comes first
+        yield output_chunk(chunks, None, first=True)
     assert handle.done is not None
     yield frame(chunks.finish(handle.done.finish_reason))
     if include_usage:

@@ -18,7 +18,6 @@ from gateway.openai.completions.serving import completion_json, completion_strea
 from gateway.openai.completions.translate import to_native
 from gateway.routing import SESSION_HEADER
 from gateway.sse import EventStream
-from gateway.streaming import first_output
 
 
 class CompletionsController(Controller):
@@ -48,6 +47,6 @@ class CompletionsController(Controller):
         label_model(request, handle.job.model)  # the base model: adapters would be unbounded
         if not payload.stream:
             return Response(await completion_json(handle, request.receive, payload.model))
-        first, rest = await first_output(handle)
-        stream = completion_stream(handle, payload.model, first, rest, include_usage=payload.include_usage)
+        # Returned while the job waits: it answers once the first output (or error) is known.
+        stream = completion_stream(handle, payload.model, include_usage=payload.include_usage)
         return EventStream(stream)  # type: ignore[return-value]

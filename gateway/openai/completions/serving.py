@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from litestar.types import Receive
 
 from gateway.errors import openai_error_frame
-from gateway.generation import GenerationHandle, Output
+from gateway.generation import GenerationHandle
 from gateway.openai.completions.protocol import TextCompletion
 from gateway.openai.completions.translate import CompletionWriter
 from gateway.sse import frame
@@ -22,30 +22,16 @@ async def completion_json(handle: GenerationHandle, receive: Receive, model: str
     return writer.whole(completion.text, completion.finish_reason, completion.usage)
 
 
-def completion_stream(
-    handle: GenerationHandle,
-    model: str,
-    first: Output | None,
-    rest: AsyncIterator[Output],
-    *,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    frames = _completion_frames(handle, model, first, rest, include_usage=include_usage)
+def completion_stream(handle: GenerationHandle, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
+    frames = _completion_frames(handle, model, include_usage=include_usage)
     return event_stream(handle, frames, openai_error_frame)
 
 
 async def _completion_frames(
-    handle: GenerationHandle,
-    model: str,
-    first: Output | None,
-    rest: AsyncIterator[Output],
-    *,
-    include_usage: bool,
+    handle: GenerationHandle, model: str, *, include_usage: bool
 ) -> AsyncIterator[bytes]:
     writer = CompletionWriter(handle.id, int(time.time()), model)
-    if isinstance(first, Delta):
-        yield frame(writer.chunk(first.text))
-    async for output in rest:
+    async for output in handle.outputs():
         if isinstance(output, Delta):  # no tools on this API, so text is all there is
             yield frame(writer.chunk(output.text))
     assert handle.done is not None
