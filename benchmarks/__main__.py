@@ -24,8 +24,9 @@ def main() -> None:
     results: dict[str, list[scenarios.Row]] = {}
     if "overhead" in chosen:
         with scenarios.section("overhead (TTFT through Sluice vs the engine in-process)"):
-            rates = [25, 100, 200] if args.quick else [25, 50, 100, 200, 300, 400]
-            results["overhead"] = scenarios.overhead(logs, [float(r) for r in rates], seconds)
+            rates = [25.0, 100.0, 200.0] if args.quick else [25.0, 50.0, 100.0, 200.0, 300.0, 400.0]
+            keyed = [100.0] if args.quick else [25.0, 100.0, 200.0]
+            results["overhead"] = scenarios.overhead(logs, rates, keyed, seconds)
     if "relay" in chosen:
         with scenarios.section("relay (one gateway process)"):
             results["relay"] = scenarios.relay(logs, [64, 256] if args.quick else [64, 256, 512], seconds * 2)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -66,14 +67,16 @@ async def stream(
     *,
     leave_early: bool = False,
     pool: Pool | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Result:
     """POST one request and time its frames; ``leave_early``: hang up after the first."""
     parts = urlsplit(url)
     payload = json.dumps(body).encode()
     keep = "keep-alive" if pool is not None and not leave_early else "close"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(payload)}\r\nconnection: {keep}\r\n\r\n"
+        f"content-length: {len(payload)}\r\nconnection: {keep}\r\n{extra}\r\n"
     ).encode() + payload
     result = Result()
     start = time.perf_counter()

@@ -32,7 +32,9 @@ def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made: list[Path] = []
-    if rows := results.get("overhead"):
+    # The plots are of the open deployment at every rate; the keyed rows are in the table.
+    if opened := [r for r in results.get("overhead", []) if r.get("auth", "open") == "open"]:
+        rows = opened
         figure, axes = plt.subplots(figsize=(7, 4))
         rates = [r["rate"] for r in rows]
         for prefix, style in (("engine", "--"), ("sluice", "-")):
@@ -52,7 +54,7 @@ def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:
         axes.legend()
         made.append(_save(figure, folder / "overhead.png"))
         made.append(_save(_cpu_figure(plt, rows), folder / "gateway-cpu.png"))
-    if rows := results.get("relay"):
+    if rows := results.get("relay", []):
         figure, axes = plt.subplots(figsize=(7, 4))
         concurrency = [r["concurrency"] for r in rows]
         axes.plot(concurrency, [r["tokens_per_s"] for r in rows], marker="o", label="relayed")

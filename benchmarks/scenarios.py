@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from benchmarks.client import Pool, Result, stream
 from benchmarks.load import closed_loop, ms, open_loop
 from benchmarks.machine import cpu_ticks
-from benchmarks.stack import MODEL, Stack, cpu_seconds, floor, peak_rss_mib, rss_mib, running
+from benchmarks.stack import MODEL, Floor, Stack, cpu_seconds, floor, peak_rss_mib, rss_mib, running
 from gateway.enqueue import JobQueue
 from sluice.config import ServedModel
 from sluice.contract import (
@@ -31,6 +31,7 @@ from sluice.contract import (
     events_key,
     serialize_arq_job,
 )
+from sluice.keys import Limits, append_to_file, new_key
 from worker.engines.base import EngineRequest
 from worker.engines.synthetic import SyntheticEngine
 
@@ -80,13 +81,19 @@ class Served:
 
 
 async def _served(
-    url: str, path: str, body: dict[str, object], pid: int, rate: float, duration: float
+    url: str,
+    path: str,
+    body: dict[str, object],
+    pid: int,
+    rate: float,
+    duration: float,
+    headers: dict[str, str] | None = None,
 ) -> Served:
     """Open-loop streams from the server at ``url``, and what they cost."""
     pool = Pool(url)
     cpu, (busy, total) = cpu_seconds(pid), cpu_ticks()
     try:
-        results = await open_loop(lambda: stream(url, path, body, pool=pool), rate, duration)
+        results = await open_loop(lambda: stream(url, path, body, pool=pool, headers=headers), rate, duration)
     finally:
         pool.close()
     answered = sum(r.status == 200 for r in results)
@@ -105,43 +112,74 @@ def _shape(results: list[Result]) -> dict[str, object]:
     return {"frames": frames, "interval_ms": statistics.median(r.e2e for r in ok) * 1000 / frames}
 
 
-def overhead(logs: Path, rates: list[float], duration: float) -> list[Row]:
-    tokens, per_second = 16, 1000.0
-    served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
+OVERHEAD_TOKENS, OVERHEAD_TOKENS_PER_S = 16, 1000.0
+
+
+def overhead(logs: Path, rates: list[float], keyed_rates: list[float], duration: float) -> list[Row]:
+    """Open deployment at every rate; then, at ``keyed_rates``, each request with an API key whose
+    limits never refuse it: what authentication, admission and release add."""
+    pace = str(OVERHEAD_TOKENS_PER_S)
     rows: list[Row] = []
-    with (
-        running(logs / "overhead", synthetic_tokens_per_second=str(per_second)) as stack,
-        floor(logs / "overhead") as bare,
-    ):
-        for rate in rates:
+    with floor(logs / "overhead") as bare:
+        with running(logs / "overhead", synthetic_tokens_per_second=pace) as stack:
+            rows += _overhead_at(stack, bare, rates, duration)
+        key, keys_file = _unlimited_key(logs / "overhead-keys")
+        keyed = running(
+            logs / "overhead-keys", synthetic_tokens_per_second=pace, auth="keys", keys_file=str(keys_file)
+        )
+        with keyed as stack:
+            rows += _overhead_at(stack, bare, keyed_rates, duration, key)
+    return rows
 
-            async def measure(rate: float = rate) -> Row:
-                engine = SyntheticEngine(served, tokens_per_second=per_second, first_token_delay=0.0)
-                base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
-                sluice = await _served(
-                    stack.url, stack.run_path, run_body(tokens), stack.gateway_pid, rate, duration
-                )
-                shape = _shape(sluice.results)
-                bare_server = await _served(bare.url, "/", shape, bare.pid, rate, duration)
-                ok = sum(r.status == 200 for r in sluice.results)
-                row: Row = {"rate": rate, "sent": len(sluice.results), "ok": ok, "frames": shape["frames"]}
-                row["machine_busy_pct"] = round(sluice.machine_busy * 100)
-                # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
-                gateway_cpu, floor_cpu = sluice.cpu_ms_per_request, bare_server.cpu_ms_per_request
-                row["gateway_cpu_ms_per_request"] = gateway_cpu
-                row["floor_cpu_ms_per_request"] = floor_cpu
-                row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
-                return row | latency_row(base, "engine") | latency_row(sluice.results, "sluice")
 
-            row = asyncio.run(measure())
-            row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
-            row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
-            rows.append(row)
-            added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
-            added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
-            added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
-            added += f", machine {row['machine_busy_pct']} % busy"
-            print(f"  overhead @ {rate:>5} req/s: {added}")
+def _unlimited_key(folder: Path) -> tuple[str, Path]:
+    """A key (and the keys file that holds it) whose limits no benchmark reaches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key, record = new_key("bench", "benchmarks", Limits(rpm=10**9, tpm=10**12, concurrency=10**6))
+    path = folder / "keys.json"
+    path.unlink(missing_ok=True)
+    append_to_file(path, record)
+    return key, path
+
+
+def _overhead_at(
+    stack: Stack, bare: Floor, rates: list[float], duration: float, key: str | None = None
+) -> list[Row]:
+    tokens = OVERHEAD_TOKENS
+    served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    rows: list[Row] = []
+    for rate in rates:
+
+        async def measure(rate: float = rate) -> Row:
+            engine = SyntheticEngine(served, tokens_per_second=OVERHEAD_TOKENS_PER_S, first_token_delay=0.0)
+            base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
+            body = run_body(tokens)
+            sluice = await _served(
+                stack.url, stack.run_path, body, stack.gateway_pid, rate, duration, headers
+            )
+            shape = _shape(sluice.results)
+            bare_server = await _served(bare.url, "/", shape, bare.pid, rate, duration)
+            ok = sum(r.status == 200 for r in sluice.results)
+            row: Row = {"rate": rate, "auth": "key" if key else "open", "sent": len(sluice.results), "ok": ok}
+            row["frames"] = shape["frames"]
+            row["machine_busy_pct"] = round(sluice.machine_busy * 100)
+            # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
+            gateway_cpu, floor_cpu = sluice.cpu_ms_per_request, bare_server.cpu_ms_per_request
+            row["gateway_cpu_ms_per_request"] = gateway_cpu
+            row["floor_cpu_ms_per_request"] = floor_cpu
+            row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
+            return row | latency_row(base, "engine") | latency_row(sluice.results, "sluice")
+
+        row = asyncio.run(measure())
+        row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
+        row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
+        rows.append(row)
+        added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
+        added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
+        added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
+        added += f", machine {row['machine_busy_pct']} % busy"
+        print(f"  overhead @ {rate:>5} req/s ({row['auth']}): {added}")
     return rows
 
 
