@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from sluice.contract import (
@@ -46,6 +46,8 @@ CLOCK_LEAD_MS = 60_000
 #: waiting job is its lowest-tagged, near the clock, so these hold the oldest of up to as many
 #: accounts.
 OLDEST_AMONG = 64
+#: How long a job's try count outlives its last run (arq's own figure, a day and some).
+RETRY_COUNT_TTL_S = 88_400
 
 # Jobs tagged at or below the clock have started (workers take them in tag order): arq keeps
 # running jobs in its queue until they end. Those above it wait. (A job handed back or recovered
@@ -258,21 +260,29 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
     return Backlog(int(running), int(waiting), waited)
 
 
-# KEYS: queue, clock.  ARGV: arq's in-progress key prefix, its TTL (ms), how many to take, now
-# (ms), STATE_TTL_MS.  Walks the due jobs in tag order (running ones, still in arq's queue, are
-# skipped by their in-progress mark) and marks up to that many as this worker's; the clock moves
-# up to the highest tag taken. Returns the ids and tags taken, flat. arq claims one job in four
-# round trips (WATCH, EXISTS, ZSCORE, MULTI); this is one for all of them, on the TTFT path.
+# KEYS: queue, clock, arq's aborted jobs.  ARGV: arq's in-progress, job and retry key prefixes,
+# the in-progress TTL (ms), how many to take, now (ms), STATE_TTL_MS, the retry count's TTL (s).
+# Walks the due jobs in tag order (running ones, still in arq's queue, are skipped by their
+# in-progress mark) and marks up to that many as this worker's; the clock moves up to the
+# highest tag taken. Each taken job also gets what arq reads before running it (its data, its
+# try counted, whether it was aborted while queued). Returns id, tag, data (false if expired),
+# try, aborted (0/1) per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE,
+# MULTI) and reads it in a fifth; this is one for all of them, on the TTFT path.
 _CLAIM = """
-local taken, offset, want, top = {}, 0, tonumber(ARGV[3]) * 2, nil
+local taken, offset, want, top = {}, 0, tonumber(ARGV[5]) * 5, nil
 while #taken < want do
-  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'WITHSCORES', 'LIMIT', offset, 128)
+  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[6], 'WITHSCORES', 'LIMIT', offset, 128)
   if #page == 0 then break end
   for i = 1, #page, 2 do
-    local mark = ARGV[1] .. page[i]
+    local id = page[i]
+    local mark = ARGV[1] .. id
     if redis.call('EXISTS', mark) == 0 then
-      redis.call('PSETEX', mark, ARGV[2], '1')
-      taken[#taken + 1], taken[#taken + 2] = page[i], page[i + 1]
+      redis.call('PSETEX', mark, ARGV[4], '1')
+      local try = redis.call('INCR', ARGV[3] .. id)
+      redis.call('EXPIRE', ARGV[3] .. id, ARGV[8])
+      local n = #taken
+      taken[n + 1], taken[n + 2], taken[n + 3] = id, page[i + 1], redis.call('GET', ARGV[2] .. id)
+      taken[n + 4], taken[n + 5] = try, redis.call('ZREM', KEYS[3], id)
       top = page[i + 1]
       if #taken >= want then break end
     end
@@ -281,10 +291,24 @@ while #taken < want do
 end
 if top then
   redis.call('ZADD', KEYS[2], 'GT', top, 'v')
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 return taken
 """
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job a worker took, with what arq reads before running one."""
+
+    id: str
+    tag: float
+    #: arq's serialized job; ``None`` once it expired.
+    data: bytes | None
+    #: This run's try, counted from 1 (arq's retry count, raised by the claim).
+    attempt: int
+    #: Aborted while it waited: not to be run.
+    aborted: bool
 
 
 class Claims:
@@ -293,16 +317,22 @@ class Claims:
     def __init__(self, redis: Redis) -> None:
         self._claim = redis.register_script(_CLAIM)
 
-    async def take(self, queue: str, count: int, mark_ms: int) -> list[tuple[str, float]]:
+    async def take(self, queue: str, count: int, mark_ms: int) -> list[Claimed]:
         """Up to ``count`` due jobs of ``queue`` no worker has started, each marked in progress
-        (for ``mark_ms``, as arq marks them) and the queue's clock moved up to them, atomically:
-        ``(job id, tag)`` in tag order."""
+        (for ``mark_ms``, as arq marks them), its try counted and its abort taken, and the
+        queue's clock moved up to them, atomically; in tag order."""
         args: list[str | int] = [
             in_progress_key_prefix,
+            job_key_prefix,
+            retry_key_prefix,
             mark_ms,
             count,
             int(time.time() * 1000),
             STATE_TTL_MS,
+            RETRY_COUNT_TTL_S,
         ]
-        flat = await self._claim(keys=[queue, fair_clock_key(queue)], args=args)
-        return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        flat = await self._claim(keys=[queue, fair_clock_key(queue), abort_jobs_ss], args=args)
+        rows = [flat[i : i + 5] for i in range(0, len(flat), 5)]
+        return [
+            Claimed(i.decode(), float(t), data or None, int(n), gone == 1) for i, t, data, n, gone in rows
+        ]

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 import uuid
@@ -88,21 +87,8 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     return False
 
 
-class _TagsAreNotDelays(logging.Filter):
-    """arq's job-start line ends with ``delayed=`` (now minus the job's score). Scores are
-    fair-share tags here, not times, so that figure means nothing; the line's first figure, the
-    real wait since enqueue, stays."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 4 and isinstance(args[3], str):
-            record.args = (*args[:3], re.sub(r" delayed=\S+", "", args[3]))
-        return True
-
-
 async def serve(settings: Settings) -> int:
     """Run a worker until SIGTERM/SIGINT (exit status 0) or until its engine fails (1)."""
-    logging.getLogger("arq.worker").addFilter(_TagsAreNotDelays())
     served = settings.worker_served()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,19 +7,26 @@ the worker's slots. ``max_jobs`` is computed from both counts when read, and eac
 free slots as taken across its claim's round trip, so the two together never overshoot.
 
 Both poll when the worker's :class:`~worker.doorbell.Doorbell` rings (a job queued or aborted, a
-slot freed), and otherwise only every ``poll_delay`` seconds.
+slot freed), and otherwise only every ``poll_delay`` seconds. A poll claims jobs in one script
+(``sluice/fairqueue.py``) that also reads them as arq would before running them, so a claimed job
+starts at once: arq's ``run_job`` would spend a round trip reading it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from arq import Worker
+from arq.jobs import SerializationError, deserialize_job_raw
+from arq.worker import Function
 
 from sluice.contract import pickup_channel
-from sluice.fairqueue import Claims
+from sluice.fairqueue import Claimed, Claims
 from worker.doorbell import Doorbell
+
+log = logging.getLogger("sluice.worker")
 
 
 class Slots:
@@ -65,8 +72,8 @@ class SlottedWorker(Worker):
                 taken = await self._claims.take(self.queue_name, free, int(self.in_progress_timeout_s * 1000))
             finally:
                 self.job_counter -= free
-            for job_id, tag in taken:
-                self._start(job_id, tag)
+            for job in taken:
+                self._start(job)
             if len(taken) == free:
                 wake.jobs = True  # more may wait, for the next free slot
         if self.allow_abort_jobs and wake.aborts:
@@ -75,15 +82,65 @@ class SlottedWorker(Worker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
-                task.result()  # as arq does: a job's own failure is handled inside run_job
+                task.result()  # as arq does: a job's own failure is handled inside _run
         await self.heart_beat()
 
-    def _start(self, job_id: str, tag: float) -> None:
+    def _start(self, job: Claimed) -> None:
         """arq's own bookkeeping for a job it claimed (``Worker.start_jobs``, after its claim)."""
         self.job_counter += 1
-        task = asyncio.create_task(self.run_job(job_id, int(tag)))
+        task = asyncio.create_task(self._run(job))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-        self.tasks[job_id] = task
+        self.tasks[job.id] = task
+
+    async def _run(self, job: Claimed) -> None:
+        """The claimed job to its end, under arq's rules, where arq's ``run_job`` would first read
+        the job in a round trip of its own (the claim read it). A job that expired, was aborted
+        while it waited or has used its tries is ended unrun; one that ends, fails, times out or
+        is aborted while running is ended; one cancelled by this worker stopping stays queued, to
+        run again with its try counted."""
+        call = self._call(job)
+        if call is None:
+            await asyncio.shield(self.finish_failed_job(job.id, None))
+            return
+        function, args = call
+        ctx = {**self.ctx, "job_id": job.id, "job_try": job.attempt, "score": int(job.tag)}
+        task = self.job_tasks[job.id] = asyncio.create_task(function.coroutine(ctx, *args))
+        finish = True
+        try:
+            timeout = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+            await asyncio.wait_for(task, timeout)
+            self.jobs_complete += 1
+        except asyncio.CancelledError:
+            if job.id in self.aborting_tasks:  # its abort (arq's _cancel_aborted_jobs)
+                self.aborting_tasks.remove(job.id)
+                self.jobs_failed += 1
+            else:  # this worker is stopping: handed back
+                finish = False
+                self.jobs_retried += 1
+        except Exception:
+            log.exception("job %s failed", job.id)
+            self.jobs_failed += 1
+        finally:
+            del self.job_tasks[job.id]
+        await asyncio.shield(self.finish_job(job.id, finish, None, None, False, None, None))
+
+    def _call(self, job: Claimed) -> tuple[Function, tuple[Any, ...]] | None:
+        """The function and arguments to run, or ``None`` (said why) for a job not to be run."""
+        if job.aborted:  # its client left while it waited
+            log.info("job %s not run: aborted", job.id)
+            return None
+        if job.data is None or job.attempt > self.max_tries:
+            why = "it expired" if job.data is None else f"{self.max_tries} tries used"
+            log.warning("job %s not run: %s", job.id, why)
+            return None
+        try:
+            name, args, _kwargs, _, _ = deserialize_job_raw(job.data, deserializer=self.job_deserializer)
+            function = self.functions[name]
+        except (SerializationError, KeyError):
+            log.exception("job %s not run: not a job this worker runs", job.id)
+            return None
+        assert isinstance(function, Function)  # no cron jobs here
+        return function, args
 
     async def main(self) -> None:
         """arq's loop (the pool is given, there is no start-up hook), waiting on the bell instead
