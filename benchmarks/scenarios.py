@@ -148,6 +148,8 @@ def _overhead_at(
     tokens = OVERHEAD_TOKENS
     served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
     headers = {"authorization": f"Bearer {key}"} if key else None
+    # A second of traffic first: Redis scripts loaded, pools' connections open, the key cached.
+    asyncio.run(_served(stack.url, stack.run_path, run_body(tokens), stack.gateway_pid, 50, 1, headers))
     rows: list[Row] = []
     for rate in rates:
 
