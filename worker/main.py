@@ -208,7 +208,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         task.cancel()
     leftover = [t for worker in workers for t in worker.tasks.values() if not t.done()]
     for task in leftover:
-        task.cancel()  # arq hands each back to its queue (attempt + 1)
+        task.cancel()  # each stays queued, to run again with its try counted (SlottedWorker._run)
     await asyncio.gather(*leftover, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
         await FairQueue(pool).hand_back(queue, worker_id)  # the handed-back routed ones too
