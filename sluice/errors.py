@@ -114,6 +114,16 @@ def interrupted() -> SluiceError:
     )
 
 
+def out_of_tries(tries: int) -> SluiceError:
+    """A job started ``tries`` times, its worker stopping each time (killed, or shut down): it
+    is not started again, since the request itself may be what stops them."""
+    return SluiceError(
+        ErrorCode.INTERNAL,
+        500,
+        f"The request was started {tries} times and its worker stopped each time; it is not tried again.",
+    )
+
+
 def unauthenticated() -> SluiceError:
     """No API key, or one that is not (or no longer) valid: Cloudflare's answer, code 10000."""
     return SluiceError(ErrorCode.AUTHENTICATION, 401, "Authentication error")

@@ -11,8 +11,22 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from arq.connections import RedisSettings, create_pool
+from arq.constants import job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
+from gateway.enqueue import JobQueue
+from sluice.contract import (
+    EVENT_FIELD,
+    Failed,
+    GenerationInput,
+    Job,
+    decode_event,
+    deserialize_arq_job,
+    events_key,
+    serialize_arq_job,
+)
+from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
 from tests.conftest import MODEL, Stack, hang_up_after_first_frame, run_stack, until_job_ends
 
@@ -62,3 +76,27 @@ async def test_an_idle_worker_does_not_poll_redis(woken: Stack) -> None:
         await redis.aclose()
     # Polling every 2 ms, as before, was over a thousand commands a second from the worker alone.
     assert per_second < 50, stats
+
+
+async def test_a_job_out_of_tries_ends_in_an_error_not_at_its_deadline(woken: Stack) -> None:
+    """A job whose worker stopped on each of its tries (a request that kills workers, say) is not
+    started again, and its stream says so at once instead of leaving its client to wait."""
+    redis = await create_pool(
+        RedisSettings.from_dsn(woken.redis_url),
+        job_serializer=serialize_arq_job,
+        job_deserializer=deserialize_arq_job,
+    )
+    job = Job(id=new_id(), model=MODEL, input=GenerationInput(prompt="Hi", max_tokens=8))
+    try:
+        await redis.set(retry_key_prefix + job.id, 5)  # arq's default limit, all used
+        await JobQueue(redis).submit(job, account="acct", cost=9)
+        reply = await redis.xread({events_key(job.id): "0-0"}, block=15_000)
+        assert reply, "nothing was said of the job"
+        (_key, [(_id, fields)]) = reply[0]
+        event = decode_event(fields[EVENT_FIELD])
+        assert isinstance(event, Failed)
+        assert (event.status, event.retryable) == (500, False)
+        assert "started 5 times" in event.message
+        assert not await redis.exists(job_key_prefix + job.id), "the job was ended, not left queued"
+    finally:
+        await redis.aclose()

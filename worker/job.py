@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from sluice.adapters import adapter_folder
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
-from sluice.errors import SluiceError, internal, reader_gone
+from sluice.errors import SluiceError, internal, out_of_tries, reader_gone
 from sluice.events import failed
 from worker import metrics
 from worker.engines.base import AdapterFiles, Engine, Output
@@ -198,6 +198,12 @@ def _outcome(engine: str, events: list[Event]) -> Outcome:
     if failure.status >= 500:  # the engine's fault, not the request's
         metrics.ENGINE_ERRORS.labels(engine).inc()
     return "failed"
+
+
+async def give_up(deps: JobDeps, job_id: str, tries: int) -> None:
+    """A job started ``tries`` times is not started again: its stream ends in an error."""
+    with contextlib.suppress(RedisError, OSError):  # Redis away: the client's deadline ends it
+        await deps.publisher.publish(job_id, [failed(out_of_tries(tries))])
 
 
 async def generate(ctx: dict[str, Any], payload: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -43,7 +44,7 @@ from worker.doorbell import Doorbell
 from worker.engines import create_engine
 from worker.engines.base import Engine, EngineFailed
 from worker.inflight import InFlight
-from worker.job import JobDeps, generate
+from worker.job import JobDeps, generate, give_up
 from worker.metrics import serve_metrics
 from worker.publish import EventPublisher
 from worker.slots import Slots, SlottedWorker
@@ -61,6 +62,7 @@ def build_worker(
         max_jobs=slots.slots,
         slots=slots,
         bell=bell,
+        out_of_tries=functools.partial(give_up, deps),
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,
         keep_result=0,

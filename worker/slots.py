@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Worker
@@ -40,12 +41,21 @@ class Slots:
 
 
 class SlottedWorker(Worker):
-    """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it, and which polls
-    its queue when ``bell`` rings."""
+    """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it, which polls
+    its queue when ``bell`` rings, and which calls ``out_of_tries`` with a job it will not start
+    again (its tries used) and how many it had."""
 
-    def __init__(self, *args: Any, slots: Slots, bell: Doorbell, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        slots: Slots,
+        bell: Doorbell,
+        out_of_tries: Callable[[str, int], Awaitable[None]],
+        **kwargs: Any,
+    ) -> None:
         self._slots = slots
         self._bell = bell
+        self._out_of_tries = out_of_tries
         super().__init__(*args, **kwargs)
         self._wake = bell.wake_for(pickup_channel(self.queue_name))
         self._claims = Claims(self.pool)
@@ -101,6 +111,8 @@ class SlottedWorker(Worker):
         call = self._call(job)
         if call is None:
             await asyncio.shield(self.finish_failed_job(job.id, None))
+            if job.attempt > self.max_tries and job.data is not None and not job.aborted:
+                await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
         function, args = call
         ctx = {**self.ctx, "job_id": job.id, "job_try": job.attempt, "score": int(job.tag)}
