@@ -111,7 +111,7 @@ class SlottedWorker(Worker):
         call = self._call(job)
         if call is None:
             await asyncio.shield(self.finish_failed_job(job.id, None))
-            if job.attempt > self.max_tries and job.data is not None and not job.aborted:
+            if self._tries_used(job):
                 await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
         function, args = call
@@ -136,12 +136,16 @@ class SlottedWorker(Worker):
             del self.job_tasks[job.id]
         await asyncio.shield(self.finish_job(job.id, finish, None, None, False, None, None))
 
+    def _tries_used(self, job: Claimed) -> bool:
+        """A job waiting to run (not aborted, not expired) that has used its tries."""
+        return job.data is not None and not job.aborted and job.attempt > self.max_tries
+
     def _call(self, job: Claimed) -> tuple[Function, tuple[Any, ...]] | None:
         """The function and arguments to run, or ``None`` (said why) for a job not to be run."""
         if job.aborted:  # its client left while it waited
             log.info("job %s not run: aborted", job.id)
             return None
-        if job.data is None or job.attempt > self.max_tries:
+        if job.data is None or self._tries_used(job):
             why = "it expired" if job.data is None else f"{self.max_tries} tries used"
             log.warning("job %s not run: %s", job.id, why)
             return None
