@@ -148,15 +148,15 @@ def _overhead_at(
     tokens = OVERHEAD_TOKENS
     served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
     headers = {"authorization": f"Bearer {key}"} if key else None
+    body = run_body(tokens)
     # A second of traffic first: Redis scripts loaded, pools' connections open, the key cached.
-    asyncio.run(_served(stack.url, stack.run_path, run_body(tokens), stack.gateway_pid, 50, 1, headers))
+    asyncio.run(_served(stack.url, stack.run_path, body, stack.gateway_pid, 50, 1, headers))
     rows: list[Row] = []
     for rate in rates:
 
         async def measure(rate: float = rate) -> Row:
             engine = SyntheticEngine(served, tokens_per_second=OVERHEAD_TOKENS_PER_S, first_token_delay=0.0)
             base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
-            body = run_body(tokens)
             sluice = await _served(
                 stack.url, stack.run_path, body, stack.gateway_pid, rate, duration, headers
             )

@@ -265,11 +265,11 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
 # Walks the due jobs in tag order (running ones, still in arq's queue, are skipped by their
 # in-progress mark) and marks up to that many as this worker's; the clock moves up to the
 # highest tag taken. Each taken job also gets what arq reads before running it (its data, its
-# try counted, whether it was aborted while queued). Returns id, tag, data (false if expired),
-# try, aborted (0/1) per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE,
+# try counted, whether it was aborted while queued). Returns id, data (false if expired), try,
+# aborted (0/1) per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE,
 # MULTI) and reads it in a fifth; this is one for all of them, on the TTFT path.
 _CLAIM = """
-local taken, offset, want, top = {}, 0, tonumber(ARGV[5]) * 5, nil
+local taken, offset, want, top = {}, 0, tonumber(ARGV[5]) * 4, nil
 while #taken < want do
   local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[6], 'WITHSCORES', 'LIMIT', offset, 128)
   if #page == 0 then break end
@@ -281,8 +281,8 @@ while #taken < want do
       local try = redis.call('INCR', ARGV[3] .. id)
       redis.call('EXPIRE', ARGV[3] .. id, ARGV[8])
       local n = #taken
-      taken[n + 1], taken[n + 2], taken[n + 3] = id, page[i + 1], redis.call('GET', ARGV[2] .. id)
-      taken[n + 4], taken[n + 5] = try, redis.call('ZREM', KEYS[3], id)
+      taken[n + 1], taken[n + 2] = id, redis.call('GET', ARGV[2] .. id)
+      taken[n + 3], taken[n + 4] = try, redis.call('ZREM', KEYS[3], id)
       top = page[i + 1]
       if #taken >= want then break end
     end
@@ -302,7 +302,6 @@ class Claimed:
     """A job a worker took, with what arq reads before running one."""
 
     id: str
-    tag: float
     #: arq's serialized job; ``None`` once it expired.
     data: bytes | None
     #: This run's try, counted from 1 (arq's retry count, raised by the claim).
@@ -332,7 +331,7 @@ class Claims:
             RETRY_COUNT_TTL_S,
         ]
         flat = await self._claim(keys=[queue, fair_clock_key(queue), abort_jobs_ss], args=args)
-        rows = [flat[i : i + 5] for i in range(0, len(flat), 5)]
+        rows = [flat[i : i + 4] for i in range(0, len(flat), 4)]
         return [
-            Claimed(i.decode(), float(t), data or None, int(n), gone == 1) for i, t, data, n, gone in rows
+            Claimed(job.decode(), data, int(attempt), aborted == 1) for job, data, attempt, aborted in rows
         ]

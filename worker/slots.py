@@ -115,7 +115,7 @@ class SlottedWorker(Worker):
                 await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
         function, args = call
-        ctx = {**self.ctx, "job_id": job.id, "job_try": job.attempt, "score": int(job.tag)}
+        ctx = {**self.ctx, "job_try": job.attempt}  # all that generate() reads of arq's job context
         task = self.job_tasks[job.id] = asyncio.create_task(function.coroutine(ctx, *args))
         finish = True
         try:
