@@ -260,14 +260,16 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
     return Backlog(int(running), int(waiting), waited)
 
 
-# KEYS: queue, clock, arq's aborted jobs.  ARGV: arq's in-progress, job and retry key prefixes,
-# the in-progress TTL (ms), how many to take, now (ms), STATE_TTL_MS, the retry count's TTL (s).
+# KEYS: queue, clock, arq's aborted jobs, the worker's running set.  ARGV: arq's in-progress, job
+# and retry key prefixes, the in-progress TTL (ms), how many to take, now (ms), STATE_TTL_MS, the
+# retry count's TTL (s).
 # Walks the due jobs in tag order (running ones, still in arq's queue, are skipped by their
-# in-progress mark) and marks up to that many as this worker's; the clock moves up to the
-# highest tag taken. Each taken job also gets what arq reads before running it (its data, its
-# try counted, whether it was aborted while queued). Returns id, data (false if expired), try,
-# aborted (0/1) per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE,
-# MULTI) and reads it in a fifth; this is one for all of them, on the TTFT path.
+# in-progress mark) and marks up to that many as this worker's, in arq's mark and in the worker's
+# running set (what recovery reads should the worker die); the clock moves up to the highest tag
+# taken. Each taken job also gets what arq reads before running it (its data, its try counted,
+# whether it was aborted while queued). Returns id, data (false if expired), try, aborted (0/1)
+# per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE, MULTI) and reads it
+# in a fifth, and the worker recorded it in a sixth; this is one for all of them, on the TTFT path.
 _CLAIM = """
 local taken, offset, want, top = {}, 0, tonumber(ARGV[5]) * 4, nil
 while #taken < want do
@@ -278,6 +280,7 @@ while #taken < want do
     local mark = ARGV[1] .. id
     if redis.call('EXISTS', mark) == 0 then
       redis.call('PSETEX', mark, ARGV[4], '1')
+      redis.call('SADD', KEYS[4], id)
       local try = redis.call('INCR', ARGV[3] .. id)
       redis.call('EXPIRE', ARGV[3] .. id, ARGV[8])
       local n = #taken
@@ -311,15 +314,17 @@ class Claimed:
 
 
 class Claims:
-    """The worker's side: take the next jobs of a queue, in fair-share order."""
+    """A worker's side: take the next jobs of a queue, in fair-share order, recorded as running
+    in ``running`` (the worker's running set, ``sluice.contract.running_key``)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, running: str) -> None:
         self._claim = redis.register_script(_CLAIM)
+        self._running = running
 
     async def take(self, queue: str, count: int, mark_ms: int) -> list[Claimed]:
         """Up to ``count`` due jobs of ``queue`` no worker has started, each marked in progress
-        (for ``mark_ms``, as arq marks them), its try counted and its abort taken, and the
-        queue's clock moved up to them, atomically; in tag order."""
+        (for ``mark_ms``, as arq marks them) and recorded as running, its try counted and its
+        abort taken, and the queue's clock moved up to them, atomically; in tag order."""
         args: list[str | int] = [
             in_progress_key_prefix,
             job_key_prefix,
@@ -330,7 +335,7 @@ class Claims:
             STATE_TTL_MS,
             RETRY_COUNT_TTL_S,
         ]
-        flat = await self._claim(keys=[queue, fair_clock_key(queue), abort_jobs_ss], args=args)
+        flat = await self._claim(keys=[queue, fair_clock_key(queue), abort_jobs_ss, self._running], args=args)
         rows = [flat[i : i + 4] for i in range(0, len(flat), 4)]
         return [
             Claimed(job.decode(), data, int(attempt), aborted == 1) for job, data, attempt, aborted in rows

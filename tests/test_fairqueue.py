@@ -11,12 +11,13 @@ import pytest
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
-from sluice.contract import accepting_key, direct_queue_key
+from sluice.contract import accepting_key, direct_queue_key, running_key
 from sluice.fairqueue import Backlog, Claims, FairQueue, QueueLimits
 from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
 
 QUEUE = "sluice:queue:fair-test"
+RUNNING = running_key("fair-test-worker")
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ async def enqueue(
 
 async def start_next(redis: Redis) -> str:
     """What a worker does: take the next job not yet started (which moves the clock to it)."""
-    (job,) = await Claims(redis).take(QUEUE, 1, mark_ms=60_000)
+    (job,) = await Claims(redis, RUNNING).take(QUEUE, 1, mark_ms=60_000)
     return job.id
 
 
@@ -159,7 +160,8 @@ async def test_a_job_behind_one_that_has_waited_too_long_is_refused(redis: Redis
 
 
 async def test_a_claim_reads_its_job_counts_its_try_and_takes_its_abort(redis: Redis) -> None:
-    """What arq would read in a round trip of its own before running a job comes with the claim."""
+    """What arq would read in a round trip of its own before running a job comes with the claim,
+    and the job is recorded as its worker's (recovery reads that should the worker die)."""
     job_id = new_id()
     now_ms = int(time.time() * 1000)
     key = job_key_prefix + job_id
@@ -167,10 +169,11 @@ async def test_a_claim_reads_its_job_counts_its_try_and_takes_its_abort(redis: R
         QUEUE, job_id, key, b"the job", worker=None, expires_ms=60_000, account="a", cost=1, now_ms=now_ms
     )
     await redis.zadd(abort_jobs_ss, {job_id: now_ms})  # aborted while it waited
-    (job,) = await Claims(redis).take(QUEUE, 1, mark_ms=60_000)
+    (job,) = await Claims(redis, RUNNING).take(QUEUE, 1, mark_ms=60_000)
     assert (job.id, job.data, job.attempt, job.aborted) == (job_id, b"the job", 1, True)
+    assert await redis.smembers(RUNNING) == {job_id.encode()}  # type: ignore[misc]
     assert await redis.zscore(abort_jobs_ss, job_id) is None, "an abort is taken once"
     # Its worker gone (the mark released, as recovery does), the next claim is its second try.
     await redis.delete(in_progress_key_prefix + job_id, key)
-    (again,) = await Claims(redis).take(QUEUE, 1, mark_ms=60_000)
+    (again,) = await Claims(redis, RUNNING).take(QUEUE, 1, mark_ms=60_000)
     assert (again.data, again.attempt, again.aborted) == (None, 2, False), "its data expired meanwhile"

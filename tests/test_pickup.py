@@ -64,6 +64,36 @@ async def test_an_abort_stops_the_job_at_once(woken: Stack) -> None:
     await until_job_ends(woken.redis_url, request_id, within=15)
 
 
+async def test_a_job_leaves_nothing_behind_but_its_stream(woken: Stack) -> None:
+    """Whether it completes or is aborted, a job's end clears arq's keys and its worker's record
+    of it (what recovery would re-run), in one transaction; only its event stream stays, to
+    expire."""
+    redis = Redis.from_url(woken.redis_url)
+
+    async def recorded() -> set[bytes]:
+        keys = [key async for key in redis.scan_iter("sluice:running:*")]
+        return {job for key in keys async for job in redis.sscan_iter(key)}
+
+    body = {"prompt": "Hi", "stream": True, "max_tokens": 4000}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            reply = await client.post(woken.native_url, json={"prompt": "Hi", "max_tokens": 8})
+            async with client.stream("POST", woken.native_url, json=body) as response:
+                aborted = response.headers["cf-ai-req-id"]
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+                assert aborted.encode() in await recorded(), "a running job is not recorded as its worker's"
+        completed = reply.headers["cf-ai-req-id"]
+        for job_id in (completed, aborted):
+            await until_job_ends(woken.redis_url, job_id)
+            left = [key async for key in redis.scan_iter(f"*{job_id}*")]
+            assert left == [events_key(job_id).encode()], left
+        assert not {completed.encode(), aborted.encode()} & await recorded()
+    finally:
+        await redis.aclose()
+
+
 async def test_an_idle_worker_does_not_poll_redis(woken: Stack) -> None:
     redis = Redis.from_url(woken.redis_url)
     try:

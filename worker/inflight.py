@@ -1,10 +1,9 @@
-"""The jobs this worker is running, as Redis must know them.
+"""The jobs this worker is running, watched for their gateway going away.
 
-Each is recorded in the worker's running set, so that if the worker is killed, recovery
-(``sluice.recovery``) finds and re-runs or ends them within seconds. And each is watched for its
-gateway going away (a gateway killed mid-stream leaves no reader): such a job is aborted through
-arq, so the engine does not generate for nobody; one whose gateway is already gone when it is
-picked up is not run at all.
+A gateway killed mid-stream leaves no reader: its jobs are aborted through arq, so the engine
+does not generate for nobody; one whose gateway is already gone when it is picked up is not run
+at all. (Each running job is also recorded in the worker's running set, for recovery should the
+worker be killed: by the claim that takes it and the transaction that ends it, ``worker/slots.py``.)
 """
 
 from __future__ import annotations
@@ -19,45 +18,52 @@ from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import Job, gateway_key, running_key
+from sluice.contract import Job, gateway_key
 from sluice.registry import Steady
 
 log = logging.getLogger("sluice.worker.inflight")
 
 
 class InFlight:
-    def __init__(self, redis: Redis, worker_id: str, heartbeat_ttl: float) -> None:
+    def __init__(self, redis: Redis, heartbeat_ttl: float) -> None:
         self._redis = redis
-        self._key = running_key(worker_id)
         self._ttl = heartbeat_ttl
         self._readers: dict[str, str] = {}  # job id -> its gateway
+        self._present: dict[str, float] = {}  # gateway -> when it was last seen present
 
     async def start(self, job: Job) -> bool:
-        """Record the job as running here; ``False`` if its gateway is already gone."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self._key, job.id)
-            if job.gateway:
-                pipe.exists(gateway_key(job.gateway))
-            results = await pipe.execute()
-        if job.gateway and not results[-1]:
-            await self.end(job.id)
+        """Watch the job's gateway; ``False`` if it is already gone. A gateway seen present
+        within the last watch interval is taken to be: a job per request would otherwise cost a
+        round trip to learn what the watch learns for all of them, and finds out as soon."""
+        if job.gateway and not await self._is_present(job.gateway):
             return False
         self._readers[job.id] = job.gateway
         return True
 
-    async def end(self, job_id: str) -> None:
+    def end(self, job_id: str) -> None:
         self._readers.pop(job_id, None)
-        await cast(Awaitable[int], self._redis.srem(self._key, job_id))
+
+    async def _is_present(self, gateway: str) -> bool:
+        seen = self._present.get(gateway)
+        if seen is not None and time.monotonic() - seen < self._ttl / 3:
+            return True
+        present = bool(await cast(Awaitable[int], self._redis.exists(gateway_key(gateway))))
+        if present:
+            self._present[gateway] = time.monotonic()
+        return present
 
     async def orphans(self) -> list[str]:
         """Running jobs whose gateway is gone."""
         gateways = sorted({g for g in self._readers.values() if g})
         if not gateways:
+            self._present.clear()  # only running jobs' gateways are remembered: pods come and go
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for gateway in gateways:
                 pipe.exists(gateway_key(gateway))
             alive = dict(zip(gateways, await pipe.execute(), strict=True))
+        now = time.monotonic()
+        self._present = {gateway: now for gateway, present in alive.items() if present}
         return [job for job, gateway in self._readers.items() if gateway and not alive[gateway]]
 
     async def watch(self) -> None:

@@ -108,10 +108,6 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
         # The job id is the gateway's request id: one id across the response, the stream and logs.
         context = {"request_id": job.id, "model": job.model, "attempt": attempt}
         log.info("job ended", extra={**context, "outcome": outcome, "duration_ms": round(seconds * 1000, 2)})
-        # Last, and bounded: Redis away (recovery sorts it out later) must not hold the slot.
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(2.0):
-                await deps.inflight.end(job.id)
 
 
 async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
@@ -125,25 +121,24 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
             events = [starting.pop(), *events]
         return deps.publisher.publish(job.id, events)
 
-    # One round trip, during which the engine already starts on the prompt; the first events
-    # do not wait for it (on the TTFT path, it was one round trip more).
-    recorded = asyncio.ensure_future(deps.inflight.start(job))
+    # At most one round trip (a gateway not seen lately), during which the engine already starts
+    # on the prompt; the first events do not wait for it.
+    watched = asyncio.ensure_future(deps.inflight.start(job))
     try:
-        return await _generate(deps, job, attempt, publish, recorded)
+        return await _generate(deps, job, attempt, publish, watched)
     finally:
-        # The job's end is recorded after this (run_job): never before its start, or it would
-        # stay listed as running here.
-        await asyncio.wait({recorded})
-        if not recorded.cancelled() and (error := recorded.exception()) is not None:
-            log.warning("job not recorded as running here: %r", error, extra={"request_id": job.id})
+        await asyncio.wait({watched})  # unwatched only once watched, or it would stay watched
+        deps.inflight.end(job.id)
+        if not watched.cancelled() and (error := watched.exception()) is not None:
+            log.warning("job's gateway not checked: %r", error, extra={"request_id": job.id})
 
 
-def _gateway_gone(recorded: asyncio.Future[bool]) -> bool:
-    """The record has been answered, and says the job's gateway is gone. A record that failed
-    (Redis away) is no reason to stop: recovery finds unrecorded jobs by arq's in-progress mark."""
-    if not recorded.done() or recorded.cancelled() or recorded.exception() is not None:
+def _gateway_gone(watched: asyncio.Future[bool]) -> bool:
+    """The check of the job's gateway has been answered, and says it is gone. A check that
+    failed (Redis away) is no reason to stop: the watch checks again."""
+    if not watched.done() or watched.cancelled() or watched.exception() is not None:
         return False
-    return not recorded.result()
+    return not watched.result()
 
 
 async def _generate(
@@ -151,7 +146,7 @@ async def _generate(
     job: Job,
     attempt: int,
     publish: Callable[[list[Event]], Awaitable[None]],
-    recorded: asyncio.Future[bool],
+    watched: asyncio.Future[bool],
 ) -> Outcome:
     try:
         ref = job.adapter
@@ -166,7 +161,7 @@ async def _generate(
     try:
         while True:
             events, ended = to_events(await generation.next_batch())
-            if _gateway_gone(recorded):
+            if _gateway_gone(watched):
                 generation.cancel()
                 log.info("job not run: its gateway is gone", extra={"request_id": job.id})
                 await publish([failed(reader_gone())])  # never a silent end, should its client be there

@@ -33,6 +33,7 @@ from sluice.contract import (
     deserialize_arq_job,
     direct_queue_key,
     queue_key,
+    running_key,
     serialize_arq_job,
     tokenizer_key,
 )
@@ -62,6 +63,7 @@ def build_worker(
         max_jobs=slots.slots,
         slots=slots,
         bell=bell,
+        running=running_key(deps.worker_id),
         out_of_tries=functools.partial(give_up, deps),
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,
@@ -126,7 +128,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     if tokenizer is not None:
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
-    inflight = InFlight(pool, worker_id, settings.heartbeat_ttl)
+    inflight = InFlight(pool, settings.heartbeat_ttl)
     # A connection of its own: the publisher has one write in flight at a time, and a pooled
     # command costs a checkout (and a read to check the connection) each.
     events = Redis.from_url(settings.redis_url, single_connection_client=True)

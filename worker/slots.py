@@ -8,8 +8,10 @@ free slots as taken across its claim's round trip, so the two together never ove
 
 Both poll when the worker's :class:`~worker.doorbell.Doorbell` rings (a job queued or aborted, a
 slot freed), and otherwise only every ``poll_delay`` seconds. A poll claims jobs in one script
-(``sluice/fairqueue.py``) that also reads them as arq would before running them, so a claimed job
-starts at once: arq's ``run_job`` would spend a round trip reading it again.
+(``sluice/fairqueue.py``) that also reads them as arq would before running them and records them
+in the worker's running set, so a claimed job starts at once: arq's ``run_job`` would spend a
+round trip reading it again, and the worker one more recording it. A job's end, arq's and the
+record's, is one transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Worker
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.worker import Function
 
@@ -42,23 +45,26 @@ class Slots:
 
 class SlottedWorker(Worker):
     """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it, which polls
-    its queue when ``bell`` rings, and which calls ``out_of_tries`` with a job it will not start
-    again (its tries used) and how many it had."""
+    its queue when ``bell`` rings, records the jobs it runs in the set ``running`` (the worker's,
+    shared by its queues), and calls ``out_of_tries`` with a job it will not start again (its
+    tries used) and how many it had."""
 
     def __init__(
         self,
         *args: Any,
         slots: Slots,
         bell: Doorbell,
+        running: str,
         out_of_tries: Callable[[str, int], Awaitable[None]],
         **kwargs: Any,
     ) -> None:
         self._slots = slots
         self._bell = bell
+        self._running = running
         self._out_of_tries = out_of_tries
         super().__init__(*args, **kwargs)
         self._wake = bell.wake_for(pickup_channel(self.queue_name))
-        self._claims = Claims(self.pool)
+        self._claims = Claims(self.pool, running)
         slots.workers.append(self)
 
     @property
@@ -110,7 +116,7 @@ class SlottedWorker(Worker):
         run again with its try counted."""
         call = self._call(job)
         if call is None:
-            await asyncio.shield(self.finish_failed_job(job.id, None))
+            await asyncio.shield(self._finish(job.id, True))
             if self._tries_used(job):
                 await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
@@ -134,7 +140,21 @@ class SlottedWorker(Worker):
             self.jobs_failed += 1
         finally:
             del self.job_tasks[job.id]
-        await asyncio.shield(self.finish_job(job.id, finish, None, None, False, None, None))
+        await asyncio.shield(self._finish(job.id, finish))
+
+    async def _finish(self, job_id: str, finish: bool) -> None:
+        """arq's ``finish_job`` for a job whose result is not kept, and the job out of this
+        worker's running set, in one transaction. ``finish``: the job is over, not to run again
+        (else it stays queued, unmarked, for another claim)."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.srem(self._running, job_id)
+            if finish:
+                tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+            else:
+                tr.delete(in_progress_key_prefix + job_id)
+            await tr.execute()
 
     def _tries_used(self, job: Claimed) -> bool:
         """A job waiting to run (not aborted, not expired) that has used its tries."""
