@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.config import Settings
-from sluice.contract import WORKERS_KEY, decode_worker, queue_key, worker_key
+from sluice.contract import WORKERS_KEY, decode_worker, direct_queue_key, queue_key, worker_key
 from sluice.fairqueue import FairQueue
 from sluice.ids import new_id
 
@@ -103,7 +103,9 @@ class _QueueGauges:
         def gauge(name: str, help_text: str) -> Gauge:
             return Gauge(name, help_text, ["queue"], registry=registry)
 
-        self.depth = gauge("sluice_queue_depth", "Jobs waiting")
+        # A model's jobs wait on its queue and on its workers' own (those routed to one worker):
+        # an autoscaler reading only the first would not see a backlog of LoRA or session jobs.
+        self.depth = gauge("sluice_queue_depth", "Jobs waiting, on the queue or routed to one of its workers")
         self.oldest = gauge("sluice_queue_oldest_job_age_seconds", "Age of the oldest waiting job")
         self.workers = gauge("sluice_live_workers", "Workers with a fresh heartbeat")
         self.slots = gauge("sluice_worker_slots", "Jobs the live workers can run at once")
@@ -113,7 +115,7 @@ class _QueueGauges:
         ids = await redis.zrangebyscore(WORKERS_KEY, int((now - heartbeat_ttl) * 1000), "+inf")
         # A served model's queue is reported with no worker too: its depth is what an autoscaler
         # needs to start the first one.
-        queues = set(served)
+        queues: dict[str, list[str]] = {queue: [queue] for queue in served}  # -> where its jobs wait
         for queue in queues:
             self.workers.labels(queue)
             self.slots.labels(queue)
@@ -121,15 +123,16 @@ class _QueueGauges:
             if raw is None:
                 continue
             info = decode_worker(raw)
-            queues.add(info.queue)
+            queues.setdefault(info.queue, [info.queue]).append(direct_queue_key(info.queue, info.id))
             self.workers.labels(info.queue).inc()
             if not info.draining:  # a stopping worker's slots take no new job
                 self.slots.labels(info.queue).inc(info.slots)
         fair = FairQueue(redis)
-        for queue in sorted(queues):
-            waiting = await fair.backlog(queue)  # not the running jobs arq keeps in its queue
-            self.depth.labels(queue).set(waiting.waiting)
-            self.oldest.labels(queue).set(waiting.oldest_wait)
+        for queue, holding in sorted(queues.items()):
+            # Not the running jobs arq keeps in its queues.
+            backlogs = [await fair.backlog(key) for key in holding]
+            self.depth.labels(queue).set(sum(b.waiting for b in backlogs))
+            self.oldest.labels(queue).set(max(b.oldest_wait for b in backlogs))
 
 
 async def exposition(redis: Redis, heartbeat_ttl: float, queues: Sequence[str] = ()) -> bytes:

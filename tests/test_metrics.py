@@ -10,8 +10,14 @@ import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis as AsyncRedis
 
-from sluice.contract import queue_key
+from gateway.metrics import exposition
+from sluice.contract import WorkerInfo, queue_key
+from sluice.fairqueue import FairQueue
+from sluice.ids import new_id
+from sluice.redis_server import EmbeddedRedis
+from sluice.registry import beat
 from tests.conftest import MODEL, Stack, hang_up_after_first_frame, until_job_ends
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -19,7 +25,10 @@ NATIVE_ROUTE = "/client/v4/accounts/{account_id}/ai/run/{model}"
 
 
 def scrape(url: str) -> Samples:
-    text = httpx.get(url, timeout=10).text
+    return parse(httpx.get(url, timeout=10).text)
+
+
+def parse(text: str) -> Samples:
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -90,3 +99,36 @@ def test_metrics_follow_a_scripted_mix(stack: Stack, http: httpx.Client) -> None
     assert worker_delta("sluice_worker_jobs_total", model=MODEL, outcome="completed") == 2
     assert worker_delta("sluice_worker_jobs_total", model=MODEL, outcome="aborted") == 1
     assert value(worker_after, "sluice_worker_running_jobs", model=MODEL) == 0
+
+
+async def test_the_queue_depth_counts_the_jobs_routed_to_its_workers(redis_server: EmbeddedRedis) -> None:
+    """LoRA and session jobs wait on their worker's own queue while its slots are full: the
+    depth an autoscaler reads counts them with the model's queue, or it would not scale for them."""
+    client = AsyncRedis.from_url(redis_server.url, db=12)
+    queue = queue_key("depth-test")
+    worker = WorkerInfo(
+        id="depth-worker", model="depth-test", engine="synthetic", queue=queue, slots=1, started_at=0
+    )
+    try:
+        await beat(client, worker, ttl=30)
+        fair = FairQueue(client)
+        for routed in (worker.id, worker.id, None):
+            job = new_id()
+            now_ms = int(time.time() * 1000)
+            queued = await fair.enqueue(
+                queue,
+                job,
+                f"job:{job}",
+                b"{}",
+                worker=routed,
+                expires_ms=60_000,
+                account="a",
+                cost=1,
+                now_ms=now_ms,
+            )
+            assert queued.routed == (routed is not None)
+        samples = parse((await exposition(client, 30.0, [queue])).decode())
+        assert value(samples, "sluice_queue_depth", queue=queue) == 3
+    finally:
+        await client.flushdb()
+        await client.aclose()
