@@ -16,7 +16,7 @@ from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 
 from sluice.contract import ABORTS_CHANNEL, GENERATE, Job, encode, queue_key, serialize_arq_job
-from sluice.fairqueue import Backlog, Enqueued, FairQueue, QueueLimits
+from sluice.fairqueue import Backlog, Enqueued, FairQueue, Gate, QueueLimits
 from sluice.registry import live_slots
 
 #: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
@@ -37,12 +37,14 @@ class JobQueue:
         worker: str | None = None,
         wake: str | None = None,
         limits: QueueLimits | None = None,
+        gate: Gate | None = None,
     ) -> Enqueued:
         """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
         ``worker``, on that worker's own queue (``gateway/routing.py``) if it still takes jobs,
         else on the model's. ``wake``: a relay's wake stream, appended to in the same script.
         ``limits``: refused instead (nothing queued) if the model's queue is past them ahead of
-        it, checked in the same script (backpressure costs no round trip of its own)."""
+        it, checked in the same script (backpressure costs no round trip of its own). ``gate``:
+        only if it admits the job, also in the same script (rate limits, ``gateway/ratelimit.py``)."""
         enqueued_ms = int(job.enqueued_at * 1000)
         data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
         return await self._fair.enqueue(
@@ -57,6 +59,7 @@ class JobQueue:
             now_ms=enqueued_ms,
             wake=wake,
             limits=limits,
+            gate=gate,
         )
 
     async def abort(self, job_id: str) -> None:

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from gateway import metrics
 from gateway.caller import Caller
 from gateway.enqueue import JobQueue
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Admission, RateLimiter
 from gateway.relay import StreamRelay, Subscription
 from gateway.routing import JobRouter
 from gateway.tokens import PromptCounter, upper_estimate
@@ -357,7 +357,9 @@ class Generations:
         account = caller.account or ""  # an open deployment: one account, plain arrival order
         prompt = prompt_tokens if prompt_tokens is not None else upper_estimate(request)
         cost = prompt + request.max_tokens
-        release = await self._admit(caller, request_id, cost)
+        key = caller.key  # None on an open deployment: nothing is limited
+        admission = self._limiter.gate(key, request_id, cost) if key is not None else None
+        release = self._release_of(caller, request_id, cost)
         job = Job(id=request_id, model=model, input=request, adapter=adapter, gateway=self._gateway_id)
         subscription = self._relay.subscribe(job.id, wake=False)  # the enqueue wakes the relay
         try:
@@ -366,12 +368,19 @@ class Generations:
             worker = await self._router.route(model, adapter, pinned)
             wake = self._relay.wake_key
             limits = QueueLimits(self._settings.max_queue_depth, self._settings.max_queue_wait)
+            gate = admission.gate if admission is not None else None
             queued = await self._queue.submit(
-                job, account=account, cost=cost, worker=worker, wake=wake, limits=limits
+                job, account=account, cost=cost, worker=worker, wake=wake, limits=limits, gate=gate
             )
+            if admission is not None:
+                assert queued.gate is not None
+                self._admitted(caller, admission.read(queued.gate))
             if queued.refused is not None:
                 self._refuse(queued.refused)
-        except BaseException:
+        except SluiceError:  # refused: the script admitted nothing, or undid it
+            subscription.close()
+            raise
+        except BaseException:  # the script's answer was lost, if it ran: give back what it took
             subscription.close()
             release(0)
             raise
@@ -389,17 +398,21 @@ class Generations:
         estimate = self._recent_wait.value if self._recent_wait.value is not None else queue.oldest_wait
         raise capacity_exceeded(retry_after=min(60.0, max(1.0, estimate)))
 
-    async def _admit(self, caller: Caller, request_id: str, cost: int) -> Callable[[int], None]:
-        """The caller's limits decide (raising 429 with when to retry); what is returned gives the
-        reservation back, resized to the tokens really used, when the request ends."""
-        key = caller.key
-        if key is None:  # an open deployment: nothing is limited
-            return lambda used: None
-        admission = await self._limiter.admit(key, request_id, cost)
+    @staticmethod
+    def _admitted(caller: Caller, admission: Admission) -> None:
+        """The caller's limits decided: their quota goes out on the response; a refusal is a 429
+        with when to retry."""
         caller.quota = admission.quota
         if admission.refused is not None:
             metrics.REJECTIONS.labels(f"rate_{admission.refused}").inc()
             raise rate_limited(admission.refused, admission.retry_after)
+
+    def _release_of(self, caller: Caller, request_id: str, cost: int) -> Callable[[int], None]:
+        """What gives an admitted request's reservation back, resized to the tokens it really
+        used, when it ends."""
+        key = caller.key
+        if key is None:
+            return lambda used: None
 
         def release(used: int) -> None:
             self._in_background(self._limiter.release(key, request_id, cost, used))

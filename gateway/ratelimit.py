@@ -1,4 +1,5 @@
-"""Per-key limits that hold exactly across gateway replicas: one atomic Redis script per admission.
+"""Per-key limits that hold exactly across gateway replicas: one atomic Redis script per admission,
+the one that queues the request's job (as its :class:`~sluice.fairqueue.Gate`).
 
 Three limits per key, each a sliding window over the last minute (or, for concurrency, the requests
 in flight): requests per minute, tokens per minute and concurrent requests. Tokens are *reserved*
@@ -24,6 +25,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from sluice.errors import bad_input
+from sluice.fairqueue import Gate
 from sluice.keys import KeyRecord
 
 WINDOW_MS = 60_000
@@ -59,51 +61,72 @@ end
 
 # KEYS: requests (zset id->time), tokens (zset "id:amount"->time), in flight (zset id->lease end),
 # the tokens' running total.  ARGV: now, window, rpm, tpm, concurrency, id, cost, lease
-_ADMIT = (
+_ADMIT_FN = (
     _RESERVED
     + """
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local rpm, tpm, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local id, cost, lease = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local requests = redis.call('ZCARD', KEYS[1])
-local used = reserved_total(KEYS[2], KEYS[4], now - window)
-local function next_request_slot()
-  if requests < rpm then return 0 end
-  local oldest = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
-  return tonumber(oldest[2]) + window - now
-end
--- Only when the tokens are short: oldest first, until enough of them will have left the window.
-local function tokens_free_for(need)
-  local free = tpm - used
-  if need <= free then return 0 end
-  local reservations = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  for i = 1, #reservations, 2 do
-    free = free + amount(reservations[i])
-    if need <= free then return tonumber(reservations[i + 1]) + window - now end
+local function admit(KEYS, ARGV)
+  local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local rpm, tpm, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local id, cost, lease = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  local requests = redis.call('ZCARD', KEYS[1])
+  local used = reserved_total(KEYS[2], KEYS[4], now - window)
+  local function next_request_slot()
+    if requests < rpm then return 0 end
+    local oldest = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
+    return tonumber(oldest[2]) + window - now
   end
-  return window
+  -- Only when the tokens are short: oldest first, until enough of them will have left the window.
+  local function tokens_free_for(need)
+    local free = tpm - used
+    if need <= free then return 0 end
+    local reservations = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+    for i = 1, #reservations, 2 do
+      free = free + amount(reservations[i])
+      if need <= free then return tonumber(reservations[i + 1]) + window - now end
+    end
+    return window
+  end
+  local in_flight = redis.call('ZCARD', KEYS[3])
+  local verdict = 'ok'
+  if requests >= rpm then verdict = 'requests'
+  elseif used + cost > tpm then verdict = 'tokens'
+  elseif in_flight >= conc then verdict = 'concurrency'
+  else
+    redis.call('ZADD', KEYS[1], now, id)
+    redis.call('ZADD', KEYS[2], now, id .. ':' .. cost)
+    redis.call('ZADD', KEYS[3], now + lease, id)
+    redis.call('PEXPIRE', KEYS[1], window)
+    redis.call('PEXPIRE', KEYS[2], window)
+    redis.call('PEXPIRE', KEYS[3], lease)
+    requests, used = requests + 1, used + cost
+  end
+  local ttl = redis.call('PTTL', KEYS[2])  -- -2: the set is gone, and the total goes with it
+  if ttl > 0 then
+    redis.call('SET', KEYS[4], used, 'PX', ttl)
+  end
+  return {verdict, requests, used, next_request_slot(), tokens_free_for(verdict == 'tokens' and cost or 1)}
 end
-local in_flight = redis.call('ZCARD', KEYS[3])
-local verdict = 'ok'
-if requests >= rpm then verdict = 'requests'
-elseif used + cost > tpm then verdict = 'tokens'
-elseif in_flight >= conc then verdict = 'concurrency'
-else
-  redis.call('ZADD', KEYS[1], now, id)
-  redis.call('ZADD', KEYS[2], now, id .. ':' .. cost)
-  redis.call('ZADD', KEYS[3], now + lease, id)
-  redis.call('PEXPIRE', KEYS[1], window)
-  redis.call('PEXPIRE', KEYS[2], window)
-  redis.call('PEXPIRE', KEYS[3], lease)
-  requests, used = requests + 1, used + cost
+"""
+)
+_ADMIT = _ADMIT_FN + "return admit(KEYS, ARGV)\n"
+
+# The admission as the gate of the job's enqueue (sluice/fairqueue.py, Gate), with the same
+# KEYS and ARGV. Its undoing, when the queue refuses the job, leaves no trace of it: the request
+# does not count against the key's requests per minute, and reserved nothing.
+_GATE = (
+    _ADMIT_FN
+    + """
+local gate = admit
+local function ungate(KEYS, ARGV)
+  local id, cost = ARGV[6], ARGV[7]
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[3], id)
+  if redis.call('ZREM', KEYS[2], id .. ':' .. cost) == 1 and redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('DECRBY', KEYS[4], cost)
+  end
 end
-local ttl = redis.call('PTTL', KEYS[2])  -- -2: the set is gone, and the total goes with it
-if ttl > 0 then
-  redis.call('SET', KEYS[4], used, 'PX', ttl)
-end
-return {verdict, requests, used, next_request_slot(), tokens_free_for(verdict == 'tokens' and cost or 1)}
 """
 )
 
@@ -162,6 +185,32 @@ class EffectiveLimits:
     concurrency: int
 
 
+@dataclass(frozen=True)
+class AdmissionGate:
+    """One admission, as its script's keys and arguments; :meth:`read` its answer."""
+
+    gate: Gate
+    limits: EffectiveLimits
+
+    def read(self, answer: list[Any]) -> Admission:
+        limits = self.limits
+        verdict, requests, used, request_wait, token_wait = answer
+        quota = Quota(
+            rpm=limits.rpm,
+            tpm=limits.tpm,
+            requests_left=limits.rpm - int(requests),
+            tokens_left=limits.tpm - int(used),
+            requests_reset=round(int(request_wait) / 1000, 3),
+            tokens_reset=round(int(token_wait) / 1000, 3),
+        )
+        reason = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if reason == "ok":
+            return Admission(quota)
+        # A concurrency slot frees when some request ends: no window says when; a second is a guess.
+        wait = {"requests": quota.requests_reset, "tokens": quota.tokens_reset}.get(reason, 1.0)
+        return Admission(quota, refused=reason, retry_after=max(wait, 0.001))
+
+
 def _keys(key: KeyRecord) -> list[str]:
     # One hash tag per key: its sets and total live in one Redis Cluster slot, as a script needs.
     base = f"sluice:rl:{{{key.id}}}"
@@ -195,6 +244,14 @@ class RateLimiter:
 
     async def admit(self, key: KeyRecord, request_id: str, cost: int) -> Admission:
         """Admit one request costing ``cost`` tokens, or say which limit refuses it and until when."""
+        gate = self.gate(key, request_id, cost)
+        return gate.read(
+            await cast(Awaitable[list[Any]], self._admit(keys=gate.gate.keys, args=gate.gate.args))
+        )
+
+    def gate(self, key: KeyRecord, request_id: str, cost: int) -> AdmissionGate:
+        """:meth:`admit` as the gate of the request's enqueue, in its script (one round trip less
+        before the job is queued); a job the queue refuses then holds no admission."""
         limits = self.limits_of(key)
         if cost > limits.tpm:
             raise bad_input(
@@ -205,22 +262,7 @@ class RateLimiter:
         now = int(self._clock() * 1000)
         args: list[str | int] = [now, WINDOW_MS, limits.rpm, limits.tpm, limits.concurrency]
         args += [request_id, cost, self._lease_ms]
-        answer = await cast(Awaitable[list[Any]], self._admit(keys=_keys(key), args=args))
-        verdict, requests, used, request_wait, token_wait = answer
-        quota = Quota(
-            rpm=limits.rpm,
-            tpm=limits.tpm,
-            requests_left=limits.rpm - int(requests),
-            tokens_left=limits.tpm - int(used),
-            requests_reset=round(int(request_wait) / 1000, 3),
-            tokens_reset=round(int(token_wait) / 1000, 3),
-        )
-        reason = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
-        if reason == "ok":
-            return Admission(quota)
-        # A concurrency slot frees when some request ends: no window says when; a second is a guess.
-        wait = {"requests": quota.requests_reset, "tokens": quota.tokens_reset}.get(reason, 1.0)
-        return Admission(quota, refused=reason, retry_after=max(wait, 0.001))
+        return AdmissionGate(Gate(_GATE, _keys(key), args), limits)
 
     async def release(self, key: KeyRecord, request_id: str, reserved: int, actual: int) -> None:
         """The request ended: its slot freed, its reservation resized to what it really used."""

@@ -17,11 +17,15 @@ reservation (prompt + max_tokens), so shares are shares of the tokens served, as
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from sluice.contract import (
     accepting_key,
@@ -103,41 +107,64 @@ return {backlog(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
 # dies never has a job land in its queue after it handed that queue back.
 # Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
-_ENQUEUE = (
+_ENQUEUE_FN = (
     _BACKLOG_OF
     + """
-if ARGV[14] ~= '' then
-  local running, waiting, oldest = backlog(KEYS[1], KEYS[3], KEYS[4], ARGV[4], ARGV[6], ARGV[13], ARGV[7])
-  local waited = oldest and tonumber(ARGV[6]) - oldest or 0
-  if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
-    return {'', running, waiting, oldest}
+local function enqueue(KEYS, ARGV)
+  if ARGV[14] ~= '' then
+    local running, waiting, oldest = backlog(KEYS[1], KEYS[3], KEYS[4], ARGV[4], ARGV[6], ARGV[13], ARGV[7])
+    local waited = oldest and tonumber(ARGV[6]) - oldest or 0
+    if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
+      return {'', running, waiting, oldest}
+    end
   end
+  local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
+  if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
+    queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
+  end
+  local clock = redis.call('ZSCORE', clock_key, 'v')
+  if not clock then
+    clock = string.format('%.17g', tonumber(ARGV[6]) - tonumber(ARGV[9]))
+    redis.call('ZADD', clock_key, clock, 'v')
+  end
+  redis.call('PEXPIRE', clock_key, ARGV[8])
+  local step = tonumber(ARGV[7])
+  local tag = math.max(tonumber(clock) + step, tonumber(redis.call('ZSCORE', tags, ARGV[4]) or 0))
+  local finish = tag + tonumber(ARGV[5]) * step
+  redis.call('ZADD', tags, string.format('%.17g', finish), ARGV[4])
+  redis.call('PEXPIRE', tags, ARGV[8])
+  redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
+  redis.call('ZADD', queue, string.format('%.17g', tag), ARGV[1])
+  redis.call('PUBLISH', channel, '1')
+  if ARGV[12] ~= '' then
+    redis.call('XADD', KEYS[9], 'MAXLEN', '1', '*', 'w', '1')
+    redis.call('EXPIRE', KEYS[9], 3600)
+  end
+  return {string.format('%.17g', tag), routed}
 end
-local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
-if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
-  queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
-end
-local clock = redis.call('ZSCORE', clock_key, 'v')
-if not clock then
-  clock = string.format('%.17g', tonumber(ARGV[6]) - tonumber(ARGV[9]))
-  redis.call('ZADD', clock_key, clock, 'v')
-end
-redis.call('PEXPIRE', clock_key, ARGV[8])
-local step = tonumber(ARGV[7])
-local tag = math.max(tonumber(clock) + step, tonumber(redis.call('ZSCORE', tags, ARGV[4]) or 0))
-local finish = tag + tonumber(ARGV[5]) * step
-redis.call('ZADD', tags, string.format('%.17g', finish), ARGV[4])
-redis.call('PEXPIRE', tags, ARGV[8])
-redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
-redis.call('ZADD', queue, string.format('%.17g', tag), ARGV[1])
-redis.call('PUBLISH', channel, '1')
-if ARGV[12] ~= '' then
-  redis.call('XADD', KEYS[9], 'MAXLEN', '1', '*', 'w', '1')
-  redis.call('EXPIRE', KEYS[9], 3600)
-end
-return {string.format('%.17g', tag), routed}
 """
 )
+_ENQUEUE = _ENQUEUE_FN + "return enqueue(KEYS, ARGV)\n"
+
+# KEYS: the gate's keys, then the enqueue's.  ARGV: how many of the keys and of the arguments
+# are the gate's, its arguments, then the enqueue's.  Returns {the gate's answer} when it refuses
+# (nothing queued), else {its answer, the enqueue's}; an admission the queue's limits then refuse
+# is undone (ungate), so a refused job holds nothing.
+_GATED = """
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local gate_keys, gate_args, keys, args = {}, {}, {}, {}
+for i, key in ipairs(KEYS) do
+  if i <= nk then gate_keys[i] = key else keys[i - nk] = key end
+end
+for i = 3, #ARGV do
+  if i - 2 <= na then gate_args[i - 2] = ARGV[i] else args[i - 2 - na] = ARGV[i] end
+end
+local answer = gate(gate_keys, gate_args)
+if answer[1] ~= 'ok' then return {answer} end
+local queued = enqueue(keys, args)
+if queued[1] == '' then ungate(gate_keys, gate_args) end
+return {answer, queued}
+"""
 
 # KEYS: a worker's own queue, the model's queue, its clock.  ARGV: MS_PER_TOKEN, now (ms),
 # CLOCK_LEAD_MS, arq's in-progress key prefix, the model queue's pickup channel.  Moves every job
@@ -183,11 +210,27 @@ class QueueLimits:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """A check of the job's admission (rate limits, say) run in its enqueue's script, before it:
+    one round trip for both, and no admission held by a job the queue refuses.
+
+    ``lua`` defines two functions of ``(KEYS, ARGV)``, each called with ``keys`` and ``args``:
+    ``gate``, which admits (its answer's first item ``'ok'``) or refuses, and ``ungate``, which
+    undoes an admission when the queue's limits refuse the job after all."""
+
+    lua: str
+    keys: Sequence[str]
+    args: Sequence[str | int]
+
+
+@dataclass(frozen=True)
 class Enqueued:
     #: Whether the job went to the worker it was routed to.
     routed: bool
     #: Set when it was refused for the queue's limits (and not queued): what stood ahead of it.
     refused: Backlog | None = None
+    #: The gate's answer, when there was one; unless it admitted the job, nothing was queued.
+    gate: list[Any] | None = None
 
 
 class FairQueue:
@@ -196,6 +239,7 @@ class FairQueue:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._gated: dict[str, AsyncScript] = {}  # by gate
         self._backlog = redis.register_script(_BACKLOG)
         self._hand_back = redis.register_script(_HAND_BACK)
 
@@ -213,10 +257,12 @@ class FairQueue:
         now_ms: int,
         wake: str | None = None,
         limits: QueueLimits | None = None,
+        gate: Gate | None = None,
     ) -> Enqueued:
         """Store the job's data and queue it at its account's tag, atomically: on ``worker``'s own
         queue if it names one that still accepts jobs, else on ``queue``. With ``limits``, only
-        if what waits ahead of it on ``queue`` is within them (else nothing is written)."""
+        if what waits ahead of it on ``queue`` is within them (else nothing is written); with
+        ``gate``, only if it admits the job."""
         shared = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
         routed, direct = shared, queue
         if worker is not None:
@@ -226,11 +272,17 @@ class FairQueue:
         args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS, CLOCK_LEAD_MS]
         args += [pickup_channel(queue), pickup_channel(direct), "1" if wake else "", OLDEST_AMONG]
         args += [limits.depth, int(limits.wait * 1000)] if limits is not None else ["", ""]
-        tag, *rest = await self._enqueue(keys=[*shared, *routed, wake or queue], args=args)
-        if tag == b"":
-            running, waiting, oldest = rest
-            return Enqueued(routed=False, refused=_backlog(running, waiting, oldest, now_ms / 1000))
-        return Enqueued(routed=bool(rest[0]))
+        keys = [*shared, *routed, wake or queue]
+        if gate is None:
+            return _enqueued(await self._enqueue(keys=keys, args=args), now_ms)
+        script = self._gated.get(gate.lua) or self._gated.setdefault(
+            gate.lua, self._redis.register_script(gate.lua + _ENQUEUE_FN + _GATED)
+        )
+        counts = [len(gate.keys), len(gate.args)]
+        answer, *queued = await script(keys=[*gate.keys, *keys], args=[*counts, *gate.args, *args])
+        if not queued:
+            return Enqueued(routed=False, gate=answer)
+        return dataclasses.replace(_enqueued(queued[0], now_ms), gate=answer)
 
     async def hand_back(self, queue: str, worker: str) -> int:
         """Move the jobs routed to ``worker`` that it has not started to ``queue``, ahead of what
@@ -252,6 +304,14 @@ class FairQueue:
         args: list[str | int | float] = [account or "", int(now * 1000), OLDEST_AMONG, MS_PER_TOKEN]
         running, waiting, oldest = await self._backlog(keys=keys, args=args)
         return _backlog(running, waiting, oldest, now)
+
+
+def _enqueued(reply: list[Any], now_ms: int) -> Enqueued:
+    tag, *rest = reply
+    if tag == b"":
+        running, waiting, oldest = rest
+        return Enqueued(routed=False, refused=_backlog(running, waiting, oldest, now_ms / 1000))
+    return Enqueued(routed=bool(rest[0]))
 
 
 def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> Backlog:

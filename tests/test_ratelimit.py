@@ -3,12 +3,14 @@ and a running total that is counted afresh when it is lost."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from gateway.ratelimit import EffectiveLimits, RateLimiter
+from gateway.ratelimit import Admission, EffectiveLimits, RateLimiter
+from sluice.fairqueue import Enqueued, FairQueue, QueueLimits
 from sluice.keys import KeyRecord
 from sluice.redis_server import EmbeddedRedis
 
@@ -60,3 +62,47 @@ async def test_a_lost_running_total_is_counted_again_from_the_reservations(redis
     await redis.delete("sluice:rl:{lost}:reserved:total")
     assert (await limiter.admit(key, "r3", 20)).quota.tokens_left == 20
     assert (await limiter.admit(key, "r4", 40)).refused == "tokens"
+
+
+async def test_the_admission_gates_the_enqueue_and_a_job_the_queue_refuses_holds_none(redis: Redis) -> None:
+    """Admission runs in the enqueue's script: a request its limits refuse queues nothing, and one
+    the queue's backpressure refuses takes nothing of the key's requests or tokens."""
+    key = KeyRecord(id="gated", account="acct", hash="h")
+    limiter = RateLimiter(redis, EffectiveLimits(rpm=2, tpm=200, concurrency=100), 600, Clock())
+    fair = FairQueue(redis)
+    queue = "sluice:queue:gate-test"
+
+    async def enqueue(
+        job_id: str, cost: int, limits: QueueLimits | None = None
+    ) -> tuple[Enqueued, Admission]:
+        admission = limiter.gate(key, job_id, cost)
+        now = int(time.time() * 1000)
+        queued = await fair.enqueue(
+            queue,
+            job_id,
+            f"job:{job_id}",
+            b"{}",
+            worker=None,
+            expires_ms=60_000,
+            account="acct",
+            cost=cost,
+            now_ms=now,
+            limits=limits,
+            gate=admission.gate,
+        )
+        assert queued.gate is not None
+        return queued, admission.read(queued.gate)
+
+    queued, admitted = await enqueue("a", 60)
+    assert (queued.refused, admitted.refused, admitted.quota.tokens_left) == (None, None, 140)
+    refused, admitted = await enqueue("b", 60, QueueLimits(depth=1, wait=60.0))  # "a" waits ahead
+    assert refused.refused is not None
+    assert admitted.refused is None
+    queued, admitted = await enqueue("c", 40)
+    assert (queued.refused, admitted.refused) == (None, None), "the refused job kept its admission"
+    assert (admitted.quota.requests_left, admitted.quota.tokens_left) == (0, 100)
+    _, limited = await enqueue("d", 1)
+    assert limited.refused == "requests"
+    assert [job.decode() for job in await redis.zrange(queue, 0, -1)] == ["a", "c"], (
+        "only admitted jobs queue"
+    )
