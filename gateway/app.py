@@ -149,7 +149,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             MetricsController,
-            NativeController,  # guarded itself: every API route needs a key unless the deployment is open
+            NativeController,  # authenticates itself: every API route needs a key unless open
             FinetunesController,
             # Adapter files are far larger than requests: their own limit (plus the form's framing).
             Router(
@@ -157,9 +157,9 @@ def create_app(settings: Settings) -> Litestar:
                 route_handlers=[FinetuneAssetsController],
                 request_max_body_size=settings.max_adapter_bytes + 65_536,
             ),
-            Router("/v1", route_handlers=OPENAI, guards=[authenticate]),
+            Router("/v1", route_handlers=OPENAI, middleware=[authenticate]),
             Router(
-                "/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI, guards=[authenticate]
+                "/client/v4/accounts/{account_id:str}/ai/v1", route_handlers=OPENAI, middleware=[authenticate]
             ),
         ],
         dependencies={

@@ -35,7 +35,7 @@ def _allow(methods: str) -> Response[None]:
 class FinetunesController(Controller):
     path = PATH
     tags = ("Finetunes",)
-    guards = (authenticate,)
+    middleware = (authenticate,)
 
     # Litestar answers OPTIONS on a path with the methods of the first handler registered there
     # only (a controller registers its handlers one at a time, in name order): these two paths
@@ -102,7 +102,7 @@ class FinetuneAssetsController(Controller):
 
     path = PATH
     tags = ("Finetunes",)
-    guards = (authenticate,)
+    middleware = (authenticate,)
 
     @post(
         "/{finetune:str}/finetune-assets",

@@ -23,7 +23,7 @@ from gateway.sse import EventStream
 class NativeController(Controller):
     path = "/client/v4/accounts/{account_id:str}/ai"
     tags = ("Workers AI",)
-    guards = (authenticate,)
+    middleware = (authenticate,)
 
     @post(
         "/run/{model:path}",
