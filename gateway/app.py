@@ -108,7 +108,9 @@ def create_app(settings: Settings) -> Litestar:
         app.state.authenticator = Authenticator(keys, open_access=settings.auth == "open")
         await _announce_access(settings, keys)
         defaults = EffectiveLimits(settings.default_rpm, settings.default_tpm, settings.default_concurrency)
-        limiter = RateLimiter(redis, defaults, lease_seconds=settings.job_timeout)
+        # A request's concurrent slot lapses as its gateway's presence does, unless renewed.
+        limiter = RateLimiter(redis, defaults, lease_seconds=3 * ttl)
+        background.append(asyncio.create_task(limiter.keep_leases(every=ttl)))
         counter = PromptCounter(redis, REDIS_TIMEOUT)
         adapters = AdapterStore.of(redis, settings)
         app.state.adapters = adapters

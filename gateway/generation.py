@@ -377,6 +377,8 @@ class Generations:
                 self._admitted(caller, admission.read(queued.gate))
             if queued.refused is not None:
                 self._refuse(queued.refused)
+            if key is not None:
+                self._limiter.hold(key, request_id)
         except SluiceError:  # refused: the script admitted nothing, or undid it
             subscription.close()
             raise

@@ -17,16 +17,21 @@ The admission's answer also says when each window next frees (``Retry-After`` an
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sluice.errors import bad_input
 from sluice.fairqueue import Gate
 from sluice.keys import KeyRecord
+
+log = logging.getLogger("sluice.gateway.ratelimit")
 
 WINDOW_MS = 60_000
 
@@ -220,6 +225,11 @@ def _keys(key: KeyRecord) -> list[str]:
 
 
 class RateLimiter:
+    """Admits requests against their keys' limits. A request in flight holds one of its key's
+    concurrent slots for ``lease_seconds`` at a time: :meth:`keep_leases` renews those of this
+    process's requests until they are released, so the slots of a gateway that dies free within
+    a lease, not at its requests' deadline."""
+
     def __init__(
         self,
         redis: Redis,
@@ -230,9 +240,10 @@ class RateLimiter:
         self._redis = redis
         self._clock = clock  # seconds since the epoch: shared by every gateway
         self._defaults = defaults
-        self._lease_ms = int(lease_seconds * 1000) + WINDOW_MS
+        self._lease_ms = int(lease_seconds * 1000)
         self._admit = redis.register_script(_ADMIT)
         self._release = redis.register_script(_RELEASE)
+        self._held: dict[str, KeyRecord] = {}  # request id -> its key, while in flight here
 
     def limits_of(self, key: KeyRecord) -> EffectiveLimits:
         own, default = key.limits, self._defaults
@@ -245,9 +256,16 @@ class RateLimiter:
     async def admit(self, key: KeyRecord, request_id: str, cost: int) -> Admission:
         """Admit one request costing ``cost`` tokens, or say which limit refuses it and until when."""
         gate = self.gate(key, request_id, cost)
-        return gate.read(
+        admission = gate.read(
             await cast(Awaitable[list[Any]], self._admit(keys=gate.gate.keys, args=gate.gate.args))
         )
+        if admission.refused is None:
+            self.hold(key, request_id)
+        return admission
+
+    def hold(self, key: KeyRecord, request_id: str) -> None:
+        """An admitted request is in flight here: its lease is renewed until it is released."""
+        self._held[request_id] = key
 
     def gate(self, key: KeyRecord, request_id: str, cost: int) -> AdmissionGate:
         """:meth:`admit` as the gate of the request's enqueue, in its script (one round trip less
@@ -266,6 +284,31 @@ class RateLimiter:
 
     async def release(self, key: KeyRecord, request_id: str, reserved: int, actual: int) -> None:
         """The request ended: its slot freed, its reservation resized to what it really used."""
+        self._held.pop(request_id, None)
         keys = _keys(key)
         args: list[str | int] = [request_id, reserved, min(actual, reserved)]
         await self._release(keys=[keys[1], keys[2], keys[3]], args=args)
+
+    async def renew(self) -> None:
+        """Extend the leases of the requests in flight here (one round trip for all). A released
+        one is not brought back: the renewal only updates members still there."""
+        until = int(self._clock() * 1000) + self._lease_ms
+        by_key: dict[str, list[str]] = {}
+        for request_id, key in self._held.items():
+            by_key.setdefault(_keys(key)[2], []).append(request_id)
+        if not by_key:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for in_flight, ids in by_key.items():
+                pipe.zadd(in_flight, dict.fromkeys(ids, until), xx=True)
+                pipe.pexpire(in_flight, self._lease_ms)
+            await pipe.execute()
+
+    async def keep_leases(self, every: float) -> None:
+        """:meth:`renew` every ``every`` seconds (well within a lease), until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.renew()
+            except (RedisError, OSError) as exc:
+                log.warning("rate-limit leases not renewed (Redis unavailable): %s", exc)

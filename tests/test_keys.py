@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import cloudflare
 import httpx
@@ -178,3 +179,44 @@ def test_the_cloudflare_sdk_retries_a_429_then_succeeds(keyed: Keyed) -> None:
         answer = sdk.ai.run(MODEL, account_id=ACCOUNT, prompt="Hi", max_tokens=3)
         assert list(holding), "the holder was served to its end meanwhile"
     assert answer is not None
+
+
+def test_a_long_stream_keeps_its_slot_and_a_killed_gateways_slot_frees_in_seconds(
+    keyed: Keyed, tmp_path: Path
+) -> None:
+    """A request in flight holds one of its key's concurrent slots on a lease its gateway renews
+    (every heartbeat TTL, lasting three): for as long as it streams, however long; and once its
+    gateway is killed, for at most a lease more, not until the request's deadline (minutes)."""
+    env = {
+        **keyed.env,
+        "REDIS_URL": keyed.env["REDIS_URL"].rsplit("/", 1)[0] + "/6",
+        "SLUICE_HEARTBEAT_TTL": "1",
+    }
+    command = [sys.executable, "-m", "sluice", "keys", "create", "--account", ACCOUNT, "--concurrency", "1"]
+    key = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    ports = [free_port(), free_port()]
+    processes = [start("worker", env, tmp_path / "worker.log")]
+    processes += [
+        start("gateway", {**env, "SLUICE_PORT": str(p)}, tmp_path / f"gateway-{p}.log") for p in ports
+    ]
+    doomed, survivor = (f"http://127.0.0.1:{p}/client/v4/accounts/{ACCOUNT}/ai/run/{MODEL}" for p in ports)
+    try:
+        for port in ports:
+            wait_until_ready(f"http://127.0.0.1:{port}", processes)
+        body = {"prompt": "Hi", "stream": True, "max_tokens": 2000}  # 20 s of tokens
+        with httpx.stream("POST", doomed, json=body, headers=bearer(key), timeout=30) as held:
+            holding = past_first_frame(held)
+            streamed = time.monotonic()
+            while time.monotonic() - streamed < 7.5:  # past a lease (6 s) that was not renewed
+                assert next(holding, None) is not None, "the stream ended early"
+            assert ask(survivor, key).status_code == 429, "a streaming request lost its slot"
+            processes[1].kill()
+            processes[1].wait()
+        killed = time.monotonic()
+        while (reply := ask(survivor, key)).status_code == 429:
+            assert time.monotonic() - killed < 15, "the killed gateway's request kept its slot"
+            time.sleep(0.2)
+        assert reply.status_code == 200
+    finally:
+        for process in processes:
+            stop(process)

@@ -106,3 +106,25 @@ async def test_the_admission_gates_the_enqueue_and_a_job_the_queue_refuses_holds
     assert [job.decode() for job in await redis.zrange(queue, 0, -1)] == ["a", "c"], (
         "only admitted jobs queue"
     )
+
+
+async def test_a_dead_gateways_requests_stop_holding_their_keys_concurrency(redis: Redis) -> None:
+    """A request in flight holds its key's concurrent slot for a lease that its gateway renews: a
+    gateway that dies stops renewing, and the slot frees within the lease (not at the request's
+    deadline, minutes later), while a live gateway's request keeps it for as long as it runs."""
+    key = KeyRecord(id="leases", account="acct", hash="h")
+    clock = Clock()
+    limits = EffectiveLimits(rpm=1000, tpm=1000, concurrency=1)
+    live = RateLimiter(redis, limits, 15, clock)
+    dead = RateLimiter(redis, limits, 15, clock)  # admits once, then renews nothing
+    assert (await dead.admit(key, "orphan", 1)).refused is None
+    assert (await live.admit(key, "waits", 1)).refused == "concurrency"
+    clock.now += 16
+    assert (await live.admit(key, "runs", 1)).refused is None, "the dead gateway's lease held on"
+    for _ in range(3):  # 30 s in flight, renewed every 10 s
+        clock.now += 10
+        await live.renew()
+    assert (await dead.admit(key, "refused", 1)).refused == "concurrency", "a renewed lease lapsed"
+    await live.release(key, "runs", reserved=1, actual=1)
+    await live.renew()  # a released request is not brought back
+    assert (await dead.admit(key, "next", 1)).refused is None
