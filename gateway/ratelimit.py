@@ -217,7 +217,7 @@ class AdmissionGate:
 
 
 def _keys(key: KeyRecord) -> list[str]:
-    # One hash tag per key: its sets and total live in one Redis Cluster slot, as a script needs.
+    # One hash tag per key: its sets and total stay together, in one slot should Redis be a cluster.
     base = f"sluice:rl:{{{key.id}}}"
     # (The reservations' set is not the ``:tokens`` of releases before the running total: a
     # gateway of each during a rolling update then keeps its own, instead of one miscounting.)
