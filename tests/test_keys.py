@@ -187,11 +187,8 @@ def test_a_long_stream_keeps_its_slot_and_a_killed_gateways_slot_frees_in_second
     """A request in flight holds one of its key's concurrent slots on a lease its gateway renews
     (every heartbeat TTL, lasting three): for as long as it streams, however long; and once its
     gateway is killed, for at most a lease more, not until the request's deadline (minutes)."""
-    env = {
-        **keyed.env,
-        "REDIS_URL": keyed.env["REDIS_URL"].rsplit("/", 1)[0] + "/6",
-        "SLUICE_HEARTBEAT_TTL": "1",
-    }
+    redis_url = keyed.env["REDIS_URL"].rsplit("/", 1)[0] + "/14"  # a stack of its own: TTL 2 s, 6 s leases
+    env = {**keyed.env, "REDIS_URL": redis_url, "SLUICE_HEARTBEAT_TTL": "2"}
     command = [sys.executable, "-m", "sluice", "keys", "create", "--account", ACCOUNT, "--concurrency", "1"]
     key = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
     ports = [free_port(), free_port()]

@@ -104,7 +104,7 @@ def test_metrics_follow_a_scripted_mix(stack: Stack, http: httpx.Client) -> None
 async def test_the_queue_depth_counts_the_jobs_routed_to_its_workers(redis_server: EmbeddedRedis) -> None:
     """LoRA and session jobs wait on their worker's own queue while its slots are full: the
     depth an autoscaler reads counts them with the model's queue, or it would not scale for them."""
-    client = AsyncRedis.from_url(redis_server.url, db=12)
+    client = AsyncRedis.from_url(redis_server.url.rsplit("/", 1)[0] + "/13")  # its own database: flushed
     queue = queue_key("depth-test")
     worker = WorkerInfo(
         id="depth-worker", model="depth-test", engine="synthetic", queue=queue, slots=1, started_at=0
