@@ -100,8 +100,9 @@ return {backlog(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
 # queue again, and ARGV[12] empty, for none).
 # ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
 # STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, whether to wake (1 or ''),
-# OLDEST_AMONG, and the model queue's limits: how many may wait ahead ('' for no limit) and how
-# long the oldest of them may have waited (ms).
+# OLDEST_AMONG, and the queue's limits: how many may wait ahead ('' for no limit) and how long
+# the oldest of them may have waited (ms), checked on the queue the job would go to (a routed
+# job waits on its worker's queue: checked on the model's, a flood of them would queue unbounded).
 # Returns the tag and whether the job went to the worker's queue (the workers of the queue it
 # went to are woken); or, refused for the limits, '' and backlog()'s three, nothing written.
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
@@ -111,16 +112,16 @@ _ENQUEUE_FN = (
     _BACKLOG_OF
     + """
 local function enqueue(KEYS, ARGV)
+  local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
+  if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
+    queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
+  end
   if ARGV[14] ~= '' then
-    local running, waiting, oldest = backlog(KEYS[1], KEYS[3], KEYS[4], ARGV[4], ARGV[6], ARGV[13], ARGV[7])
+    local running, waiting, oldest = backlog(queue, tags, clock_key, ARGV[4], ARGV[6], ARGV[13], ARGV[7])
     local waited = oldest and tonumber(ARGV[6]) - oldest or 0
     if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
       return {'', running, waiting, oldest}
     end
-  end
-  local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
-  if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
-    queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
   end
   local clock = redis.call('ZSCORE', clock_key, 'v')
   if not clock then
@@ -261,7 +262,7 @@ class FairQueue:
     ) -> Enqueued:
         """Store the job's data and queue it at its account's tag, atomically: on ``worker``'s own
         queue if it names one that still accepts jobs, else on ``queue``. With ``limits``, only
-        if what waits ahead of it on ``queue`` is within them (else nothing is written); with
+        if what waits ahead of it there is within them (else nothing is written); with
         ``gate``, only if it admits the job."""
         shared = [queue, job_key, fair_tags_key(queue), fair_clock_key(queue)]
         routed, direct = shared, queue

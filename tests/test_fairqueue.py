@@ -34,6 +34,7 @@ async def enqueue(
     cost: int = 100,
     limits: QueueLimits | None = None,
     arrived: float | None = None,
+    worker: str | None = None,
 ) -> str | Backlog:
     """The job's id, or what stood ahead of it if the limits refused it."""
     job_id = new_id(arrived)
@@ -43,7 +44,7 @@ async def enqueue(
         job_id,
         f"job:{job_id}",
         b"{}",
-        worker=None,
+        worker=worker,
         expires_ms=60_000,
         account=account,
         cost=cost,
@@ -147,6 +148,21 @@ async def test_a_job_past_the_queues_limits_is_refused_and_nothing_is_written(re
     assert await redis.zcard(QUEUE) == before, "a refused job was queued"
     # Another account's job would go ahead of the flood: nothing waits ahead of it.
     assert isinstance(await enqueue(fair, "quiet", limits=limits), str)
+
+
+async def test_jobs_routed_to_a_worker_are_held_to_the_limits_on_its_queue(redis: Redis) -> None:
+    """A routed job (LoRA, session) waits on its worker's own queue: the limits apply there, or a
+    flood of them would queue without bound beside an empty model queue."""
+    fair = FairQueue(redis)
+    await redis.set(accepting_key("w1"), b"1")
+    limits = QueueLimits(depth=2, wait=30.0)
+    for _ in range(2):
+        assert isinstance(await enqueue(fair, "lora", limits=limits, worker="w1"), str)
+    refused = await enqueue(fair, "lora", limits=limits, worker="w1")
+    assert isinstance(refused, Backlog)
+    assert refused.waiting == 2
+    assert await redis.zcard(direct_queue_key(QUEUE, "w1")) == 2, "a refused job was queued"
+    assert isinstance(await enqueue(fair, "lora", limits=limits), str), "the model's queue still has room"
 
 
 async def test_a_job_behind_one_that_has_waited_too_long_is_refused(redis: Redis) -> None:
