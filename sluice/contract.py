@@ -64,6 +64,11 @@ def events_key(job_id: str) -> str:
     return f"sluice:events:{job_id}"
 
 
+def event_writer_key(writer_id: str) -> str:
+    """The number of the last write of one event writer (a worker's publisher) that Redis applied."""
+    return f"sluice:written:{writer_id}"
+
+
 def tokenizer_key(model: str) -> str:
     """The served model's ``tokenizer.json``, published by its workers for the gateway's counts."""
     return f"sluice:tokenizer:{model}"

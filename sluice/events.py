@@ -13,20 +13,30 @@ from collections.abc import Mapping, Sequence
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from sluice.contract import EVENT_FIELD, Event, Failed, coalesce, encode, events_key
+from sluice.contract import EVENT_FIELD, Event, Failed, coalesce, encode, event_writer_key, events_key
 from sluice.errors import SluiceError
 
-# KEYS: the streams.  ARGV: the event field, the streams' TTL (s), how many events each stream
-# gets, then all the events in that order. Each stream lives ttl seconds past its last event.
+# KEYS: the writer's mark, then the streams.  ARGV: the event field, the streams' TTL (s), the
+# write's number (0: not numbered), how many events each stream gets, then all the events in that
+# order. Each stream lives ttl seconds past its last event. A numbered write not above the
+# writer's mark was applied already (its reply was lost, and it is being retried): it is skipped,
+# so no client sees an event twice. The mark and the events are one script's effects: a Redis
+# that dies keeps both or neither.
 _APPEND = """
+local write = tonumber(ARGV[3])
+if write > 0 then
+  if tonumber(redis.call('GET', KEYS[1]) or '0') >= write then return 0 end
+  redis.call('SET', KEYS[1], write, 'EX', ARGV[2])
+end
 local at = 3 + #KEYS
-for k = 1, #KEYS do
+for k = 2, #KEYS do
   for _ = 1, tonumber(ARGV[2 + k]) do
     redis.call('XADD', KEYS[k], '*', ARGV[1], ARGV[at])
     at = at + 1
   end
   redis.call('EXPIRE', KEYS[k], ARGV[2])
 end
+return 1
 """
 
 
@@ -35,15 +45,24 @@ def failed(error: SluiceError) -> Failed:
 
 
 class EventLog:
-    """Writes jobs' events to their streams (consecutive deltas merged into one event)."""
+    """Writes jobs' events to their streams (consecutive deltas merged into one event).
 
-    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+    A ``writer`` (one per process that writes) numbers its writes: see :meth:`append`."""
+
+    def __init__(self, redis: Redis, ttl_seconds: int, writer: str | None = None) -> None:
         self._append = redis.register_script(_APPEND)
         self._ttl = ttl_seconds
+        self._mark = event_writer_key(writer or "unnumbered")
 
-    async def append(self, events: Mapping[str, Sequence[Event]], pipe: Pipeline | None = None) -> None:
-        """Append each job's events (by job id) to its stream; with ``pipe``, queued on it."""
-        keys: list[str] = []
+    async def append(
+        self, events: Mapping[str, Sequence[Event]], pipe: Pipeline | None = None, *, write: int = 0
+    ) -> None:
+        """Append each job's events (by job id) to its stream; with ``pipe``, queued on it.
+
+        ``write``: this writer's number for the write, rising, and the same when it is retried.
+        A retry of a write Redis had applied (the connection failed before its reply) is then not
+        applied twice. 0: not numbered (a write that is never retried)."""
+        keys: list[str] = [self._mark]
         counts: list[int] = []
         payloads: list[bytes] = []
         for job_id, batch in events.items():
@@ -51,5 +70,5 @@ class EventLog:
             keys.append(events_key(job_id))
             counts.append(len(merged))
             payloads.extend(merged)
-        args: list[bytes | int] = [EVENT_FIELD, self._ttl, *counts, *payloads]
+        args: list[bytes | int] = [EVENT_FIELD, self._ttl, write, *counts, *payloads]
         await self._append(keys=keys, args=args, client=pipe)

@@ -8,7 +8,9 @@ and the writes of all of a worker's jobs share that write (one script call, ``sl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
@@ -50,7 +52,8 @@ class EventPublisher:
     def __init__(
         self, redis: Redis, ttl_seconds: int, retry: Retry | None = None, *, interval: float = 0.0
     ) -> None:
-        self._log = EventLog(redis, ttl_seconds)
+        self._log = EventLog(redis, ttl_seconds, writer=uuid.uuid4().hex)
+        self._writes = itertools.count(1)
         self._retry = retry or RIDE_OUT
         self._interval = interval
         self._last_write = -interval
@@ -107,10 +110,12 @@ class EventPublisher:
     async def _write_pending(self) -> None:
         pending, waiters = self._pending, self._waiters
         self._pending, self._waiters, self._urgent = {}, [], False
+        write = next(self._writes)
         try:
-            # Retried (same entries, in order): a Redis restarting with its append-only file comes
-            # back within seconds, and the streams in flight carry on where they were.
-            await self._retry.call_with_retry(lambda: self._write(pending), _not_yet)
+            # Retried (same entries, in order, under the same number: one Redis had applied before
+            # the connection failed is not applied again): a Redis restarting with its append-only
+            # file comes back within seconds, and the streams in flight carry on where they were.
+            await self._retry.call_with_retry(lambda: self._log.append(pending, write=write), _not_yet)
         except Exception as exc:
             for waiter in waiters:
                 if not waiter.done():
@@ -119,6 +124,3 @@ class EventPublisher:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-
-    async def _write(self, pending: dict[str, list[Event]]) -> None:
-        await self._log.append(pending)
