@@ -100,28 +100,35 @@ return {backlog(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
 # queue again, and ARGV[12] empty, for none).
 # ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
 # STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, whether to wake (1 or ''),
-# OLDEST_AMONG, and the queue's limits: how many may wait ahead ('' for no limit) and how long
-# the oldest of them may have waited (ms), checked on the queue the job would go to (a routed
-# job waits on its worker's queue: checked on the model's, a flood of them would queue unbounded).
+# OLDEST_AMONG, and the queues' limits: how many may wait ahead ('' for no limit) and how long
+# the oldest of them may have waited (ms), checked on the queue the job would go to.
 # Returns the tag and whether the job went to the worker's queue (the workers of the queue it
 # went to are woken); or, refused for the limits, '' and backlog()'s three, nothing written.
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
-# dies never has a job land in its queue after it handed that queue back.
+# dies never has a job land in its queue after it handed that queue back. Routing is a preference
+# (an adapter already loaded, a warm prefix cache): a job whose worker's queue is past the limits
+# goes to the model's queue instead, for any worker, and is refused only if that one is too.
 # Numbers are formatted with %.17g: Redis renders Lua numbers with 14 digits, too few for tags.
 _ENQUEUE_FN = (
     _BACKLOG_OF
     + """
+local function refusal(queue, tags, clock_key, ARGV)
+  if ARGV[14] == '' then return nil end
+  local running, waiting, oldest = backlog(queue, tags, clock_key, ARGV[4], ARGV[6], ARGV[13], ARGV[7])
+  local waited = oldest and tonumber(ARGV[6]) - oldest or 0
+  if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
+    return {'', running, waiting, oldest}
+  end
+  return nil
+end
 local function enqueue(KEYS, ARGV)
   local queue, tags, clock_key, channel, routed = KEYS[1], KEYS[3], KEYS[4], ARGV[10], 0
-  if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1 then
+  if KEYS[8] ~= KEYS[4] and redis.call('EXISTS', KEYS[8]) == 1
+      and not refusal(KEYS[5], KEYS[6], KEYS[7], ARGV) then
     queue, tags, clock_key, channel, routed = KEYS[5], KEYS[6], KEYS[7], ARGV[11], 1
-  end
-  if ARGV[14] ~= '' then
-    local running, waiting, oldest = backlog(queue, tags, clock_key, ARGV[4], ARGV[6], ARGV[13], ARGV[7])
-    local waited = oldest and tonumber(ARGV[6]) - oldest or 0
-    if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
-      return {'', running, waiting, oldest}
-    end
+  else
+    local refused = refusal(queue, tags, clock_key, ARGV)
+    if refused then return refused end
   end
   local clock = redis.call('ZSCORE', clock_key, 'v')
   if not clock then

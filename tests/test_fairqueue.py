@@ -150,19 +150,23 @@ async def test_a_job_past_the_queues_limits_is_refused_and_nothing_is_written(re
     assert isinstance(await enqueue(fair, "quiet", limits=limits), str)
 
 
-async def test_jobs_routed_to_a_worker_are_held_to_the_limits_on_its_queue(redis: Redis) -> None:
-    """A routed job (LoRA, session) waits on its worker's own queue: the limits apply there, or a
-    flood of them would queue without bound beside an empty model queue."""
+async def test_a_routed_job_overflows_to_the_models_queue_and_is_refused_past_both(redis: Redis) -> None:
+    """A routed job (LoRA, session) waits on its worker's own queue, held to the limits there. Past
+    them it goes to the model's queue, for any worker, rather than being refused beside an idle
+    one; only past both is it refused, with nothing written."""
     fair = FairQueue(redis)
     await redis.set(accepting_key("w1"), b"1")
     limits = QueueLimits(depth=2, wait=30.0)
-    for _ in range(2):
+    for _ in range(4):
         assert isinstance(await enqueue(fair, "lora", limits=limits, worker="w1"), str)
+    assert await redis.zcard(direct_queue_key(QUEUE, "w1")) == 2
+    assert await redis.zcard(QUEUE) == 2, "the overflow went to the model's queue"
     refused = await enqueue(fair, "lora", limits=limits, worker="w1")
     assert isinstance(refused, Backlog)
     assert refused.waiting == 2
-    assert await redis.zcard(direct_queue_key(QUEUE, "w1")) == 2, "a refused job was queued"
-    assert isinstance(await enqueue(fair, "lora", limits=limits), str), "the model's queue still has room"
+    assert await redis.zcard(direct_queue_key(QUEUE, "w1")) + await redis.zcard(QUEUE) == 4, (
+        "a refused job was queued"
+    )
 
 
 async def test_a_job_behind_one_that_has_waited_too_long_is_refused(redis: Redis) -> None:
