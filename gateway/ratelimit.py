@@ -119,18 +119,23 @@ _ADMIT = _ADMIT_FN + "return admit(KEYS, ARGV)\n"
 
 # The admission as the gate of the job's enqueue (sluice/fairqueue.py, Gate), with the same
 # KEYS and ARGV. Its undoing, when the queue refuses the job, leaves no trace of it: the request
-# does not count against the key's requests per minute, and reserved nothing.
+# does not count against the key's requests per minute, and reserved nothing; the admission's
+# answer, for the response's quota headers, then counts it out too.
 _GATE = (
     _ADMIT_FN
     + """
 local gate = admit
-local function ungate(KEYS, ARGV)
+local function ungate(KEYS, ARGV, answer)
   local id, cost = ARGV[6], ARGV[7]
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[3], id)
   if redis.call('ZREM', KEYS[2], id .. ':' .. cost) == 1 and redis.call('EXISTS', KEYS[4]) == 1 then
     redis.call('DECRBY', KEYS[4], cost)
   end
+  answer[2], answer[3] = answer[2] - 1, answer[3] - tonumber(cost)
+  if answer[2] < tonumber(ARGV[3]) then answer[4] = 0 end  -- a request slot is free now
+  if answer[3] < tonumber(ARGV[4]) then answer[5] = 0 end  -- and a token
+  return answer
 end
 """
 )

@@ -170,7 +170,7 @@ end
 local answer = gate(gate_keys, gate_args)
 if answer[1] ~= 'ok' then return {answer} end
 local queued = enqueue(keys, args)
-if queued[1] == '' then ungate(gate_keys, gate_args) end
+if queued[1] == '' then answer = ungate(gate_keys, gate_args, answer) end
 return {answer, queued}
 """
 
@@ -224,7 +224,8 @@ class Gate:
 
     ``lua`` defines two functions of ``(KEYS, ARGV)``, each called with ``keys`` and ``args``:
     ``gate``, which admits (its answer's first item ``'ok'``) or refuses, and ``ungate``, which
-    undoes an admission when the queue's limits refuse the job after all."""
+    undoes an admission when the queue's limits refuse the job after all, and is also given the
+    gate's answer to return as it stands once undone."""
 
     lua: str
     keys: Sequence[str]

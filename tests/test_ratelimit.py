@@ -98,6 +98,9 @@ async def test_the_admission_gates_the_enqueue_and_a_job_the_queue_refuses_holds
     refused, admitted = await enqueue("b", 60, QueueLimits(depth=1, wait=60.0))  # "a" waits ahead
     assert refused.refused is not None
     assert admitted.refused is None
+    # Its quota headers say what is left with it refused: as after "a" alone.
+    assert (admitted.quota.requests_left, admitted.quota.tokens_left) == (1, 140)
+    assert (admitted.quota.requests_reset, admitted.quota.tokens_reset) == (0, 0)
     queued, admitted = await enqueue("c", 40)
     assert (queued.refused, admitted.refused) == (None, None), "the refused job kept its admission"
     assert (admitted.quota.requests_left, admitted.quota.tokens_left) == (0, 100)
