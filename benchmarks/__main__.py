@@ -25,7 +25,7 @@ def main() -> None:
     if "overhead" in chosen:
         with scenarios.section("overhead (TTFT through Sluice vs the engine in-process)"):
             rates = [25.0, 100.0, 200.0] if args.quick else [25.0, 50.0, 100.0, 200.0, 300.0, 400.0]
-            keyed = [100.0] if args.quick else [25.0, 100.0, 200.0]
+            keyed = [100.0] if args.quick else [25.0, 100.0, 200.0, 400.0]
             results["overhead"] = scenarios.overhead(logs, rates, keyed, seconds)
     if "relay" in chosen:
         with scenarios.section("relay (one gateway process)"):
