@@ -32,6 +32,7 @@ from sluice.contract import (
     FinishReason,
     GenerationInput,
     Job,
+    Reservation,
     Started,
     ToolCall,
     ToolCalls,
@@ -108,11 +109,16 @@ class GenerationHandle:
         release: Callable[[int], None] = lambda used: None,
         prompt_tokens: int = 0,
         observe_wait: Callable[[float], None] = lambda seconds: None,
+        settled: Callable[[], None] = lambda: None,
     ) -> None:
+        """``release`` gives back the reservation of a request that ended without its answer's
+        end (the worker settles that of a complete answer, in its write); ``settled`` is told
+        when it has."""
         self._observe_wait = observe_wait
         self.job = job
         self.done: Done | None = None
         self._release = release
+        self._settled = settled
         self._prompt_tokens = prompt_tokens
         self._generated = 0  # tokens seen so far, for a reservation given back early
         self._subscription = subscription
@@ -214,7 +220,7 @@ class GenerationHandle:
             self._abort(self.id)
             self._release(self._prompt_tokens + self._generated)
         else:
-            self._release(self.done.usage.total_tokens)
+            self._settled()
 
     def _observe_output(self) -> None:
         now = time.time()
@@ -360,7 +366,15 @@ class Generations:
         key = caller.key  # None on an open deployment: nothing is limited
         admission = self._limiter.gate(key, request_id, cost) if key is not None else None
         release = self._release_of(caller, request_id, cost)
-        job = Job(id=request_id, model=model, input=request, adapter=adapter, gateway=self._gateway_id)
+        reservation = Reservation(key.id, cost) if key is not None else None
+        job = Job(
+            id=request_id,
+            model=model,
+            input=request,
+            adapter=adapter,
+            gateway=self._gateway_id,
+            reservation=reservation,
+        )
         subscription = self._relay.subscribe(job.id, wake=False)  # the enqueue wakes the relay
         try:
             # Scoped by account: one tenant's session ids cannot steer another's.
@@ -386,8 +400,16 @@ class Generations:
             subscription.close()
             release(0)
             raise
+        limiter = self._limiter
         return GenerationHandle(
-            job, subscription, self._abort, self._settings.job_timeout, release, prompt, self._recent_wait.add
+            job,
+            subscription,
+            self._abort,
+            self._settings.job_timeout,
+            release,
+            prompt,
+            self._recent_wait.add,
+            settled=lambda: limiter.forget(request_id),
         )
 
     def _refuse(self, queue: Backlog) -> NoReturn:

@@ -27,9 +27,11 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from sluice.contract import Reservation
 from sluice.errors import bad_input
 from sluice.fairqueue import Gate
 from sluice.keys import KeyRecord
+from sluice.reservations import SETTLE_FN, limit_keys, settle_args
 
 log = logging.getLogger("sluice.gateway.ratelimit")
 
@@ -140,20 +142,8 @@ end
 """
 )
 
-# KEYS: tokens, in flight, the tokens' running total. ARGV: id, reserved, actual
-_RELEASE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-local reserved = ARGV[1] .. ':' .. ARGV[2]
-local at = redis.call('ZSCORE', KEYS[1], reserved)
-if at then
-  redis.call('ZREM', KEYS[1], reserved)
-  redis.call('ZADD', KEYS[1], at, ARGV[1] .. ':' .. ARGV[3])
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('INCRBY', KEYS[3], tonumber(ARGV[3]) - tonumber(ARGV[2]))
-  end
-end
-return at and 1 or 0
-"""
+# KEYS: reservations, in flight, the running total. ARGV: id, reserved, used
+_RELEASE = SETTLE_FN + "return settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
 
 
 @dataclass(frozen=True)
@@ -221,14 +211,6 @@ class AdmissionGate:
         return Admission(quota, refused=reason, retry_after=max(wait, 0.001))
 
 
-def _keys(key: KeyRecord) -> list[str]:
-    # One hash tag per key: its sets and total stay together, in one slot should Redis be a cluster.
-    base = f"sluice:rl:{{{key.id}}}"
-    # (The reservations' set is not the ``:tokens`` of releases before the running total: a
-    # gateway of each during a rolling update then keeps its own, instead of one miscounting.)
-    return [f"{base}:requests", f"{base}:reserved", f"{base}:inflight", f"{base}:reserved:total"]
-
-
 class RateLimiter:
     """Admits requests against their keys' limits. A request in flight holds one of its key's
     concurrent slots for ``lease_seconds`` at a time: :meth:`keep_leases` renews those of this
@@ -285,14 +267,17 @@ class RateLimiter:
         now = int(self._clock() * 1000)
         args: list[str | int] = [now, WINDOW_MS, limits.rpm, limits.tpm, limits.concurrency]
         args += [request_id, cost, self._lease_ms]
-        return AdmissionGate(Gate(_GATE, _keys(key), args), limits)
+        return AdmissionGate(Gate(_GATE, limit_keys(key.id), args), limits)
 
     async def release(self, key: KeyRecord, request_id: str, reserved: int, actual: int) -> None:
         """The request ended: its slot freed, its reservation resized to what it really used."""
         self._held.pop(request_id, None)
-        keys = _keys(key)
-        args: list[str | int] = [request_id, reserved, min(actual, reserved)]
-        await self._release(keys=[keys[1], keys[2], keys[3]], args=args)
+        keys, args = settle_args(request_id, Reservation(key.id, reserved), actual)
+        await self._release(keys=keys, args=args)
+
+    def forget(self, request_id: str) -> None:
+        """The request's end was settled by its worker: its lease is no longer renewed here."""
+        self._held.pop(request_id, None)
 
     async def renew(self) -> None:
         """Extend the leases of the requests in flight here (one round trip for all). A released
@@ -300,7 +285,7 @@ class RateLimiter:
         until = int(self._clock() * 1000) + self._lease_ms
         by_key: dict[str, list[str]] = {}
         for request_id, key in self._held.items():
-            by_key.setdefault(_keys(key)[2], []).append(request_id)
+            by_key.setdefault(limit_keys(key.id)[2], []).append(request_id)
         if not by_key:
             return
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -266,6 +266,13 @@ class AdapterRef(Struct, frozen=True):
     id: str
 
 
+class Reservation(Struct, frozen=True):
+    """The tokens an API key reserved for a request at its admission (its rate limits)."""
+
+    key: str  # the key's id
+    tokens: int
+
+
 class Job(Struct, omit_defaults=True):
     """The arq job payload: one generation request for one served model."""
 
@@ -277,6 +284,8 @@ class Job(Struct, omit_defaults=True):
     enqueued_at: float = msgspec.field(default_factory=time.time)
     #: The gateway process relaying the answer; a job whose gateway is gone is not run on.
     gateway: str = ""
+    #: Settled to what the job used by the write of its last event (sluice/reservations.py).
+    reservation: Reservation | None = None
 
 
 # --- Events on a job's stream -----------------------------------------------------------------

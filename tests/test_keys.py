@@ -154,6 +154,23 @@ def test_tokens_are_reserved_for_a_stream_and_given_back_when_it_ends_early(keye
     assert third.status_code == 200
 
 
+def test_a_key_with_one_concurrent_request_sends_the_next_once_it_has_the_answer(keyed: Keyed) -> None:
+    """The worker frees the key's slot in the write that ends the answer, so a client that
+    waits for each answer before asking again is never refused for concurrency."""
+    key = keyed.new_key("--concurrency", "1")
+    for gateway in [0, 1, 0, 1, 0, 1]:
+        with httpx.stream(
+            "POST",
+            keyed.run_url(gateway),
+            json={"prompt": "Hi", "stream": True, "max_tokens": 3},
+            headers=bearer(key),
+            timeout=30,
+        ) as streamed:
+            assert streamed.status_code == 200
+            assert list(streamed.iter_lines())[-2:] == ["data: [DONE]", ""]
+        assert ask(keyed.run_url(1 - gateway), key).status_code == 200
+
+
 def test_the_openai_sdk_gets_rate_limit_errors_and_retries_after_the_time_it_is_given(keyed: Keyed) -> None:
     key = keyed.new_key("--concurrency", "1")
     client = openai.OpenAI(api_key=key, base_url=f"{keyed.urls[0]}/v1", max_retries=0)

@@ -10,9 +10,11 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.ratelimit import Admission, EffectiveLimits, RateLimiter
+from sluice.contract import Done, Reservation, Usage
 from sluice.fairqueue import Enqueued, FairQueue, QueueLimits
 from sluice.keys import KeyRecord
 from sluice.redis_server import EmbeddedRedis
+from worker.publish import EventPublisher
 
 
 class Clock:
@@ -51,6 +53,25 @@ async def test_tokens_are_reserved_resized_and_freed_as_they_leave_the_window(re
     assert third.quota.tokens_left == 0
     clock.now += 61  # both left
     assert (await limiter.admit(key, "e", 100)).quota.tokens_left == 0
+
+
+async def test_a_jobs_last_write_settles_its_reservation_and_a_second_settling_changes_nothing(
+    redis: Redis,
+) -> None:
+    """The worker settles a complete answer's reservation in the write of its end: the key's slot
+    is free and its unused tokens are back by the time the gateway reads that end, with no
+    release of the gateway's own; a release after it (a gateway that also gave it back) is a
+    no-op."""
+    key = KeyRecord(id="settled", account="acct", hash="h")
+    limiter = RateLimiter(redis, EffectiveLimits(rpm=1000, tpm=100, concurrency=1), 600, Clock())
+    assert (await limiter.admit(key, "job", 80)).quota.tokens_left == 20
+    assert (await limiter.admit(key, "next", 10)).refused == "concurrency"
+    done = Done(finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=25, total_tokens=30))
+    await EventPublisher(redis, ttl_seconds=60).publish("job", [done], settle=(Reservation(key.id, 80), 30))
+    await limiter.release(key, "job", reserved=80, actual=80)  # too late: changes nothing
+    admitted = await limiter.admit(key, "next", 10)
+    assert admitted.refused is None, "the settled job still held the key's one slot"
+    assert admitted.quota.tokens_left == 60  # 100 - 30 used - 10 now
 
 
 async def test_a_lost_running_total_is_counted_again_from_the_reservations(redis: Redis) -> None:

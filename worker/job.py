@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from sluice.adapters import adapter_folder
 from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
 from sluice.errors import SluiceError, internal, out_of_tries, reader_gone
-from sluice.events import failed
+from sluice.events import Settlement, failed
 from worker import metrics
 from worker.engines.base import AdapterFiles, Engine, Output
 from worker.inflight import InFlight
@@ -119,7 +119,7 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
         # job started, so the queue wait the gateway reads off it is unchanged.
         if events and starting:
             events = [starting.pop(), *events]
-        return deps.publisher.publish(job.id, events)
+        return deps.publisher.publish(job.id, events, _settlement(job, events))
 
     # At most one round trip (a gateway not seen lately), during which the engine already starts
     # on the prompt; the first events do not wait for it.
@@ -131,6 +131,14 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
         deps.inflight.end(job.id)
         if not watched.cancelled() and (error := watched.exception()) is not None:
             log.warning("job's gateway not checked: %r", error, extra={"request_id": job.id})
+
+
+def _settlement(job: Job, events: list[Event]) -> Settlement | None:
+    """The job's answer is complete (``Done`` is last): its key's reservation is settled to the
+    tokens it used, in the write of that answer's end."""
+    if job.reservation is None or not events or not isinstance(done := events[-1], Done):
+        return None
+    return job.reservation, done.usage.total_tokens
 
 
 def _gateway_gone(watched: asyncio.Future[bool]) -> bool:
