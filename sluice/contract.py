@@ -84,6 +84,11 @@ def running_key(worker_id: str) -> str:
     return f"sluice:running:{worker_id}"
 
 
+def claim_receipt_key(worker_id: str, queue: str) -> str:
+    """A worker's last claim of a queue's jobs, by its number: asked again, answered again."""
+    return f"sluice:receipt:{worker_id}:{queue}"
+
+
 def finetune_names_key(account: str) -> str:
     """Hash: an account's finetune (LoRA adapter) names -> ids; also the account's list of them."""
     return f"sluice:finetunes:{account}"

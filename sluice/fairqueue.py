@@ -18,7 +18,9 @@ reservation (prompt + max_tokens), so shares are shares of the tokens served, as
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +31,12 @@ from redis.commands.core import AsyncScript
 
 from sluice.contract import (
     accepting_key,
+    claim_receipt_key,
     direct_queue_key,
     fair_clock_key,
     fair_tags_key,
     pickup_channel,
+    running_key,
 )
 
 #: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
@@ -329,9 +333,9 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
     return Backlog(int(running), int(waiting), waited)
 
 
-# KEYS: queue, clock, arq's aborted jobs, the worker's running set.  ARGV: arq's in-progress, job
-# and retry key prefixes, the in-progress TTL (ms), how many to take, now (ms), STATE_TTL_MS, the
-# retry count's TTL (s).
+# KEYS: queue, clock, arq's aborted jobs, the worker's running set, its receipt for this queue.
+# ARGV: arq's in-progress, job and retry key prefixes, the in-progress TTL (ms), how many to take,
+# now (ms), STATE_TTL_MS, the retry count's TTL (s), the claim's number.
 # Walks the due jobs in tag order (running ones, still in arq's queue, are skipped by their
 # in-progress mark) and marks up to that many as this worker's, in arq's mark and in the worker's
 # running set (what recovery reads should the worker die); the clock moves up to the highest tag
@@ -339,7 +343,15 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
 # whether it was aborted while queued). Returns id, data (false if expired), try, aborted (0/1)
 # per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE, MULTI) and reads it
 # in a fifth, and the worker recorded it in a sixth; this is one for all of them, on the TTFT path.
+# The answer is kept as the receipt of the claim's number: asked again under the same number (its
+# reply was lost to a failing connection), the script answers it again instead of taking more, so
+# jobs it took are not left marked as this worker's, never to start until their mark expires.
 _CLAIM = """
+local receipt = redis.call('GET', KEYS[5])
+if receipt then
+  local number, kept = unpack(cmsgpack.unpack(receipt))
+  if number == ARGV[9] then return kept end
+end
 local taken, offset, want, top = {}, 0, tonumber(ARGV[5]) * 4, nil
 while #taken < want do
   local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[6], 'WITHSCORES', 'LIMIT', offset, 128)
@@ -365,6 +377,7 @@ if top then
   redis.call('ZADD', KEYS[2], 'GT', top, 'v')
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
+redis.call('PSETEX', KEYS[5], ARGV[4], cmsgpack.pack({ARGV[9], taken}))
 return taken
 """
 
@@ -384,16 +397,25 @@ class Claimed:
 
 class Claims:
     """A worker's side: take the next jobs of a queue, in fair-share order, recorded as running
-    in ``running`` (the worker's running set, ``sluice.contract.running_key``)."""
+    in the worker's running set (``sluice.contract.running_key``)."""
 
-    def __init__(self, redis: Redis, running: str) -> None:
+    def __init__(self, redis: Redis, worker_id: str) -> None:
         self._claim = redis.register_script(_CLAIM)
-        self._running = running
+        self._worker = worker_id
+        self._running = running_key(worker_id)
+        # This object's own (a worker restarted under the same id must not be answered its
+        # predecessor's last claim), then a count.
+        self._numbers = (f"{uuid.uuid4().hex[:16]}:{n}" for n in itertools.count(1))
+        self._unanswered: dict[str, str] = {}  # queue -> the number of a claim whose reply was lost
 
     async def take(self, queue: str, count: int, mark_ms: int) -> list[Claimed]:
         """Up to ``count`` due jobs of ``queue`` no worker has started, each marked in progress
         (for ``mark_ms``, as arq marks them) and recorded as running, its try counted and its
-        abort taken, and the queue's clock moved up to them, atomically; in tag order."""
+        abort taken, and the queue's clock moved up to them, atomically; in tag order.
+
+        After a take that failed (its reply lost, say, to Redis stopping), the next one first
+        asks again for what that one took, if it took anything."""
+        number = self._unanswered.setdefault(queue, next(self._numbers))
         args: list[str | int] = [
             in_progress_key_prefix,
             job_key_prefix,
@@ -403,8 +425,12 @@ class Claims:
             int(time.time() * 1000),
             STATE_TTL_MS,
             RETRY_COUNT_TTL_S,
+            number,
         ]
-        flat = await self._claim(keys=[queue, fair_clock_key(queue), abort_jobs_ss, self._running], args=args)
+        receipt = claim_receipt_key(self._worker, queue)
+        keys = [queue, fair_clock_key(queue), abort_jobs_ss, self._running, receipt]
+        flat = await self._claim(keys=keys, args=args)
+        del self._unanswered[queue]
         rows = [flat[i : i + 4] for i in range(0, len(flat), 4)]
         return [
             Claimed(job.decode(), data, int(attempt), aborted == 1) for job, data, attempt, aborted in rows

@@ -10,14 +10,17 @@ from collections.abc import AsyncIterator
 import pytest
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sluice.contract import accepting_key, direct_queue_key, running_key
 from sluice.fairqueue import Backlog, Claims, FairQueue, QueueLimits
 from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
+from tests.faults import LosesOneReply
 
 QUEUE = "sluice:queue:fair-test"
-RUNNING = running_key("fair-test-worker")
+WORKER = "fair-test-worker"
+RUNNING = running_key(WORKER)
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ async def enqueue(
 
 async def start_next(redis: Redis) -> str:
     """What a worker does: take the next job not yet started (which moves the clock to it)."""
-    (job,) = await Claims(redis, RUNNING).take(QUEUE, 1, mark_ms=60_000)
+    (job,) = await Claims(redis, WORKER).take(QUEUE, 1, mark_ms=60_000)
     return job.id
 
 
@@ -189,11 +192,44 @@ async def test_a_claim_reads_its_job_counts_its_try_and_takes_its_abort(redis: R
         QUEUE, job_id, key, b"the job", worker=None, expires_ms=60_000, account="a", cost=1, now_ms=now_ms
     )
     await redis.zadd(abort_jobs_ss, {job_id: now_ms})  # aborted while it waited
-    (job,) = await Claims(redis, RUNNING).take(QUEUE, 1, mark_ms=60_000)
+    (job,) = await Claims(redis, WORKER).take(QUEUE, 1, mark_ms=60_000)
     assert (job.id, job.data, job.attempt, job.aborted) == (job_id, b"the job", 1, True)
     assert await redis.smembers(RUNNING) == {job_id.encode()}  # type: ignore[misc]
     assert await redis.zscore(abort_jobs_ss, job_id) is None, "an abort is taken once"
     # Its worker gone (the mark released, as recovery does), the next claim is its second try.
     await redis.delete(in_progress_key_prefix + job_id, key)
-    (again,) = await Claims(redis, RUNNING).take(QUEUE, 1, mark_ms=60_000)
+    (again,) = await Claims(redis, WORKER).take(QUEUE, 1, mark_ms=60_000)
     assert (again.data, again.attempt, again.aborted) == (None, 2, False), "its data expired meanwhile"
+
+
+async def test_a_claim_whose_reply_was_lost_is_answered_again(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    """Redis took the job for the worker (marked in progress, recorded as running) and the reply
+    was lost: asked again, the claim answers what it took, instead of leaving the job marked as
+    this worker's, never to start until the mark expires (the job's timeout, minutes)."""
+    job_id = new_id()
+    now_ms = int(time.time() * 1000)
+    await FairQueue(redis).enqueue(
+        QUEUE,
+        job_id,
+        job_key_prefix + job_id,
+        b"lost",
+        worker=None,
+        expires_ms=60_000,
+        account="a",
+        cost=1,
+        now_ms=now_ms,
+    )
+    async with LosesOneReply(redis_server, marker=QUEUE.encode()) as proxy:
+        through = Redis.from_url(f"{proxy.url}/7")  # the fixture's database
+        claims = Claims(through, WORKER)
+        await claims.take("sluice:queue:warm-up", 1, mark_ms=60_000)  # the script loaded: it runs
+        with pytest.raises(RedisError):
+            await claims.take(QUEUE, 1, mark_ms=60_000)
+        assert proxy.lost == 1
+        assert await redis.exists(in_progress_key_prefix + job_id), "the lost claim took the job"
+        (job,) = await claims.take(QUEUE, 1, mark_ms=60_000)
+        assert (job.id, job.data, job.attempt) == (job_id, b"lost", 1)
+        assert await claims.take(QUEUE, 1, mark_ms=60_000) == [], "a claim answered is not answered again"
+        await through.aclose()

@@ -33,7 +33,6 @@ from sluice.contract import (
     deserialize_arq_job,
     direct_queue_key,
     queue_key,
-    running_key,
     serialize_arq_job,
     tokenizer_key,
 )
@@ -63,7 +62,7 @@ def build_worker(
         max_jobs=slots.slots,
         slots=slots,
         bell=bell,
-        running=running_key(deps.worker_id),
+        worker_id=deps.worker_id,
         out_of_tries=functools.partial(give_up, deps),
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,

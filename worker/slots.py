@@ -26,7 +26,7 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.worker import Function
 
-from sluice.contract import pickup_channel
+from sluice.contract import pickup_channel, running_key
 from sluice.fairqueue import Claimed, Claims
 from worker.doorbell import Doorbell
 
@@ -45,8 +45,8 @@ class Slots:
 
 class SlottedWorker(Worker):
     """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it, which polls
-    its queue when ``bell`` rings, records the jobs it runs in the set ``running`` (the worker's,
-    shared by its queues), and calls ``out_of_tries`` with a job it will not start again (its
+    its queue when ``bell`` rings, records the jobs it runs in worker ``worker_id``'s running set
+    (shared by its queues), and calls ``out_of_tries`` with a job it will not start again (its
     tries used) and how many it had."""
 
     def __init__(
@@ -54,17 +54,17 @@ class SlottedWorker(Worker):
         *args: Any,
         slots: Slots,
         bell: Doorbell,
-        running: str,
+        worker_id: str,
         out_of_tries: Callable[[str, int], Awaitable[None]],
         **kwargs: Any,
     ) -> None:
         self._slots = slots
         self._bell = bell
-        self._running = running
+        self._running = running_key(worker_id)
         self._out_of_tries = out_of_tries
         super().__init__(*args, **kwargs)
         self._wake = bell.wake_for(pickup_channel(self.queue_name))
-        self._claims = Claims(self.pool, running)
+        self._claims = Claims(self.pool, worker_id)
         slots.workers.append(self)
 
     @property
@@ -86,6 +86,9 @@ class SlottedWorker(Worker):
             self.job_counter += free
             try:
                 taken = await self._claims.take(self.queue_name, free, int(self.in_progress_timeout_s * 1000))
+            except BaseException:
+                wake.jobs = True  # the next poll asks again: the claim may have taken jobs (Claims)
+                raise
             finally:
                 self.job_counter -= free
             for job in taken:
