@@ -84,9 +84,10 @@ def running_key(worker_id: str) -> str:
     return f"sluice:running:{worker_id}"
 
 
-def claim_receipt_key(worker_id: str, queue: str) -> str:
-    """A worker's last claim of a queue's jobs, by its number: asked again, answered again."""
-    return f"sluice:receipt:{worker_id}:{queue}"
+def claim_receipts_key(worker_id: str) -> str:
+    """A worker's last claim of each of its queues' jobs, by its number (a hash, by queue): asked
+    again, answered again."""
+    return f"sluice:receipts:{worker_id}"
 
 
 def finetune_names_key(account: str) -> str:

@@ -31,7 +31,7 @@ from redis.commands.core import AsyncScript
 
 from sluice.contract import (
     accepting_key,
-    claim_receipt_key,
+    claim_receipts_key,
     direct_queue_key,
     fair_clock_key,
     fair_tags_key,
@@ -333,7 +333,7 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
     return Backlog(int(running), int(waiting), waited)
 
 
-# KEYS: queue, clock, arq's aborted jobs, the worker's running set, its receipt for this queue.
+# KEYS: queue, clock, arq's aborted jobs, the worker's running set, its claims' receipts.
 # ARGV: arq's in-progress, job and retry key prefixes, the in-progress TTL (ms), how many to take,
 # now (ms), STATE_TTL_MS, the retry count's TTL (s), the claim's number.
 # Walks the due jobs in tag order (running ones, still in arq's queue, are skipped by their
@@ -343,11 +343,12 @@ def _backlog(running: int, waiting: int, oldest_ms: int | None, now: float) -> B
 # whether it was aborted while queued). Returns id, data (false if expired), try, aborted (0/1)
 # per job, flat. arq takes a job in four round trips (WATCH, EXISTS, ZSCORE, MULTI) and reads it
 # in a fifth, and the worker recorded it in a sixth; this is one for all of them, on the TTFT path.
-# The answer is kept as the receipt of the claim's number: asked again under the same number (its
+# The answer is kept as the receipt of the claim's number (the worker's last, per queue, until it
+# deregisters or its marks would have expired): asked again under the same number (its
 # reply was lost to a failing connection), the script answers it again instead of taking more, so
 # jobs it took are not left marked as this worker's, never to start until their mark expires.
 _CLAIM = """
-local receipt = redis.call('GET', KEYS[5])
+local receipt = redis.call('HGET', KEYS[5], KEYS[1])
 if receipt then
   local number, kept = unpack(cmsgpack.unpack(receipt))
   if number == ARGV[9] then return kept end
@@ -377,7 +378,8 @@ if top then
   redis.call('ZADD', KEYS[2], 'GT', top, 'v')
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
-redis.call('PSETEX', KEYS[5], ARGV[4], cmsgpack.pack({ARGV[9], taken}))
+redis.call('HSET', KEYS[5], KEYS[1], cmsgpack.pack({ARGV[9], taken}))
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
 return taken
 """
 
@@ -401,8 +403,8 @@ class Claims:
 
     def __init__(self, redis: Redis, worker_id: str) -> None:
         self._claim = redis.register_script(_CLAIM)
-        self._worker = worker_id
         self._running = running_key(worker_id)
+        self._receipts = claim_receipts_key(worker_id)
         # This object's own (a worker restarted under the same id must not be answered its
         # predecessor's last claim), then a count.
         self._numbers = (f"{uuid.uuid4().hex[:16]}:{n}" for n in itertools.count(1))
@@ -427,8 +429,7 @@ class Claims:
             RETRY_COUNT_TTL_S,
             number,
         ]
-        receipt = claim_receipt_key(self._worker, queue)
-        keys = [queue, fair_clock_key(queue), abort_jobs_ss, self._running, receipt]
+        keys = [queue, fair_clock_key(queue), abort_jobs_ss, self._running, self._receipts]
         flat = await self._claim(keys=keys, args=args)
         del self._unanswered[queue]
         rows = [flat[i : i + 4] for i in range(0, len(flat), 4)]

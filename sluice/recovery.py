@@ -32,6 +32,7 @@ from sluice.contract import (
     WORKERS_KEY,
     Delta,
     ToolCalls,
+    claim_receipts_key,
     decode_event,
     decode_job,
     deserialize_arq_job,
@@ -90,7 +91,7 @@ async def recover_worker(
     actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
     for queue in queues:  # its routed jobs, the requeued ones among them
         await FairQueue(redis).hand_back(queue, worker_id)
-    await redis.delete(running_key(worker_id), worker_key(worker_id))
+    await redis.delete(running_key(worker_id), worker_key(worker_id), claim_receipts_key(worker_id))
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
     return actions
 

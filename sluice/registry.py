@@ -22,6 +22,7 @@ from sluice.contract import (
     WORKERS_KEY,
     WorkerInfo,
     accepting_key,
+    claim_receipts_key,
     decode_worker,
     encode,
     gateway_key,
@@ -92,7 +93,12 @@ async def stop_accepting(redis: Redis, worker_id: str) -> None:
 async def deregister(redis: Redis, worker_id: str) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(WORKERS_KEY, worker_id)
-        pipe.delete(worker_key(worker_id), running_key(worker_id), accepting_key(worker_id))
+        pipe.delete(
+            worker_key(worker_id),
+            running_key(worker_id),
+            accepting_key(worker_id),
+            claim_receipts_key(worker_id),
+        )
         await pipe.execute()
 
 

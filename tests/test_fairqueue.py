@@ -12,10 +12,11 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import accepting_key, direct_queue_key, running_key
+from sluice.contract import accepting_key, claim_receipts_key, direct_queue_key, running_key
 from sluice.fairqueue import Backlog, Claims, FairQueue, QueueLimits
 from sluice.ids import new_id
 from sluice.redis_server import EmbeddedRedis
+from sluice.registry import deregister
 from tests.faults import LosesOneReply
 
 QUEUE = "sluice:queue:fair-test"
@@ -233,3 +234,5 @@ async def test_a_claim_whose_reply_was_lost_is_answered_again(
         assert (job.id, job.data, job.attempt) == (job_id, b"lost", 1)
         assert await claims.take(QUEUE, 1, mark_ms=60_000) == [], "a claim answered is not answered again"
         await through.aclose()
+    await deregister(redis, WORKER)
+    assert not await redis.exists(claim_receipts_key(WORKER)), "a worker's receipts go with it"
