@@ -3,7 +3,9 @@ recovery (which ends a killed worker's half-sent streams with an error event).
 
 Any number of streams' events go out as one script call: one command to pack and one reply to
 read, where an XADD and an EXPIRE per stream cost the worker's Python more than Redis's work
-(it was half of a worker's CPU when relaying thousands of tokens a second).
+(it was half of a worker's CPU when relaying thousands of tokens a second). A writer numbers its
+writes, so one retried after its reply was lost is not applied twice; and the write of a complete
+answer's end also settles its key's reservation (``sluice/reservations.py``).
 """
 
 from __future__ import annotations
