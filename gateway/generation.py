@@ -6,6 +6,7 @@ Nothing here knows which API the client spoke; the routers translate before and 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -400,7 +401,6 @@ class Generations:
             subscription.close()
             release(0)
             raise
-        limiter = self._limiter
         return GenerationHandle(
             job,
             subscription,
@@ -409,7 +409,7 @@ class Generations:
             release,
             prompt,
             self._recent_wait.add,
-            settled=lambda: limiter.forget(request_id),
+            settled=functools.partial(self._limiter.forget, request_id),
         )
 
     def _refuse(self, queue: Backlog) -> NoReturn:
