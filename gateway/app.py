@@ -38,6 +38,7 @@ from sluice.adapters import AdapterStore
 from sluice.config import Settings
 from sluice.contract import deserialize_arq_job, queue_key, serialize_arq_job
 from sluice.keys import KeyStore, load_file
+from sluice.multiplex import Multiplexed
 from sluice.recovery import Recovery
 from sluice.registry import gateway_presence
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
         # First, before anything is started that would need stopping: a bad keys file stops here.
         file_keys = load_file(settings.keys_file) if settings.keys_file else None
         redis = connect(redis_url)
+        enqueues = Multiplexed(redis.connection_pool)  # each request's one command on its way in
         relay = StreamRelay(
             redis_url, control=redis, coalesce_above=settings.coalesce_above, coalesce_ms=settings.coalesce_ms
         )
@@ -116,7 +118,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.adapters = adapters
         router = JobRouter(redis, settings.heartbeat_ttl)
         generations = Generations(
-            settings, JobQueue(redis), relay, counter, gateway_id, limiter, adapters, router
+            settings, JobQueue(redis, enqueues), relay, counter, gateway_id, limiter, adapters, router
         )
         app.state.generations = generations
         # Start-up objects never die: keep them out of every collection (cuts the relay's p99).
@@ -130,6 +132,7 @@ def create_app(settings: Settings) -> Litestar:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await relay.close()
+            await enqueues.aclose()
             await redis.aclose()
 
     def provide_redis(state: State) -> ArqRedis:

@@ -17,6 +17,7 @@ from arq.jobs import serialize_job
 
 from sluice.contract import ABORTS_CHANNEL, GENERATE, Job, encode, queue_key, serialize_arq_job
 from sluice.fairqueue import Backlog, Enqueued, FairQueue, Gate, QueueLimits
+from sluice.multiplex import Multiplexed
 from sluice.registry import live_slots
 
 #: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
@@ -24,9 +25,10 @@ JOB_EXPIRES_MS = 86_400_000
 
 
 class JobQueue:
-    def __init__(self, redis: ArqRedis) -> None:
+    def __init__(self, redis: ArqRedis, connection: Multiplexed | None = None) -> None:
+        """``connection``: where jobs are enqueued, if not on ``redis`` (``sluice/multiplex.py``)."""
         self._redis = redis
-        self._fair = FairQueue(redis)
+        self._fair = FairQueue(redis, connection=connection)
 
     async def submit(
         self,

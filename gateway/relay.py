@@ -26,14 +26,13 @@ import contextlib
 import logging
 import uuid
 
-import hiredis
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import Event, decode_event, events_key
 from sluice.errors import queue_unavailable
 from sluice.events import failed
+from sluice.multiplex import Multiplexed
 
 log = logging.getLogger("sluice.gateway.relay")
 
@@ -49,40 +48,14 @@ OUTAGE_GRACE = 5.0
 Entries = list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]
 
 
-class _Reader:
-    """The relay's connection: it spends most of its life blocked in XREAD. Commands go straight
-    to the connection, below redis-py's client (its lock, retry and reply callbacks were a third
-    of each read's CPU), packed by hiredis (redis-py 5's asyncio packer is Python, per argument:
-    an XREAD names every open stream), and entries stay as Redis sends them: the client would
-    build a dict per entry, for its one field."""
-
-    def __init__(self, redis_url: str) -> None:
-        self._pool = ConnectionPool.from_url(redis_url, socket_timeout=None)
-        self._connection: Connection | None = None
-
-    async def xread(self, streams: dict[bytes, bytes], block_ms: int) -> Entries:
-        connection = self._connection or await self._connect()
-        command: tuple[str | int | bytes, ...] = ("XREAD", "COUNT", COUNT, "BLOCK", block_ms, "STREAMS")
-        command += (*streams, *streams.values())
-        try:
-            packed = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says one argument
-            await connection.send_packed_command(packed, check_health=False)
-            response: Entries | None = await connection.read_response()
-        except BaseException:
-            # Cancelled or failed mid-reply: what is left of the reply must not be read as the
-            # next one's. The next read connects afresh.
-            self._connection = None
-            await connection.disconnect()
-            raise
-        return response or []
-
-    async def _connect(self) -> Connection:
-        connection: Connection = await self._pool.get_connection()
-        self._connection = connection
-        return connection
-
-    async def close(self) -> None:
-        await self._pool.aclose()
+async def _xread(connection: Multiplexed, streams: dict[bytes, bytes], block_ms: int) -> Entries:
+    """Entries as Redis sends them: redis-py's client would build a dict per entry, for its one
+    field. An XREAD names every open stream, so it is packed by hiredis (``sluice/multiplex.py``)."""
+    names, ids = list(streams), list(streams.values())
+    response: Entries | None = await connection.execute(
+        "XREAD", "COUNT", COUNT, "BLOCK", block_ms, "STREAMS", *names, *ids
+    )
+    return response or []
 
 
 class Subscription:
@@ -118,7 +91,8 @@ class StreamRelay:
     def __init__(
         self, redis_url: str, control: Redis, *, coalesce_above: int = 0, coalesce_ms: float = 0.0
     ) -> None:
-        self._reader = _Reader(redis_url)
+        # Its own connection: the relay spends most of its life blocked in XREAD.
+        self._reader = Multiplexed.from_url(redis_url)
         self._control = control
         self._wake_key = f"sluice:wake:{uuid.uuid4().hex}".encode()
         self._wake_id = b"0-0"
@@ -142,7 +116,7 @@ class StreamRelay:
                 await self._task
         with contextlib.suppress(RedisError):
             await self._control.delete(self._wake_key)
-        await self._reader.close()
+        await self._reader.aclose()
 
     @property
     def wake_key(self) -> str:
@@ -210,7 +184,7 @@ class StreamRelay:
             # Reset before taking the stream set: any subscription from here on sends a new wake.
             self._wake_pending = False
             try:
-                response = await self._reader.xread(self._streams(), BLOCK_MS)
+                response = await _xread(self._reader, self._streams(), BLOCK_MS)
                 self._count(self._deliver(response))
                 if self._busy:
                     await self._hold()
@@ -235,7 +209,7 @@ class StreamRelay:
         until = loop.time() + self._interval
         while (left := until - loop.time()) > 0.0005:
             self._wake_pending = False  # as in _run: a subscription from here on wakes this read
-            response = await self._reader.xread(self._streams(fresh=True), max(1, round(left * 1000)))
+            response = await _xread(self._reader, self._streams(fresh=True), max(1, round(left * 1000)))
             self._count(self._deliver(response))
 
     def _deliver(self, response: Entries) -> int:

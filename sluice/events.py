@@ -26,6 +26,7 @@ from sluice.contract import (
     events_key,
 )
 from sluice.errors import SluiceError
+from sluice.multiplex import Multiplexed
 from sluice.reservations import SETTLE_FN, settle_args
 
 # KEYS: the writer's mark, the streams, then three per settlement (sluice/reservations.py).
@@ -72,7 +73,7 @@ class EventLog:
 
     A ``writer`` (one per process that writes) numbers its writes: see :meth:`append`."""
 
-    def __init__(self, redis: Redis, ttl_seconds: int, writer: str | None = None) -> None:
+    def __init__(self, redis: Redis | Multiplexed, ttl_seconds: int, writer: str | None = None) -> None:
         self._append = redis.register_script(_APPEND)
         self._ttl = ttl_seconds
         self._mark = event_writer_key(writer or "unnumbered")
@@ -105,4 +106,7 @@ class EventLog:
             more_keys, more_args = settle_args(job_id, reservation, used)
             keys += more_keys
             args += more_args
-        await self._append(keys=keys, args=args, client=pipe)
+        if pipe is None:
+            await self._append(keys=keys, args=args)
+        else:
+            await pipe.register_script(_APPEND)(keys=keys, args=args)

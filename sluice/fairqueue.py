@@ -38,6 +38,7 @@ from sluice.contract import (
     pickup_channel,
     running_key,
 )
+from sluice.multiplex import Multiplexed, Script
 
 #: Virtual milliseconds per token of cost: a large flood (thousands of jobs of thousands of
 #: tokens) spans seconds of tags, far less than the time its jobs take to serve, so tags never
@@ -249,10 +250,12 @@ class Enqueued:
 class FairQueue:
     """The gateway's side: tag jobs as they are enqueued, and tell where an account's next would go."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._gated: dict[str, AsyncScript] = {}  # by gate
+    def __init__(self, redis: Redis, *, connection: Multiplexed | None = None) -> None:
+        """``connection``: where the enqueue runs, if not on ``redis`` (it is on each request's
+        path: ``sluice/multiplex.py``)."""
+        self._scripts = connection or redis
+        self._enqueue = self._scripts.register_script(_ENQUEUE)
+        self._gated: dict[str, AsyncScript | Script] = {}  # by gate
         self._backlog = redis.register_script(_BACKLOG)
         self._hand_back = redis.register_script(_HAND_BACK)
 
@@ -289,7 +292,7 @@ class FairQueue:
         if gate is None:
             return _enqueued(await self._enqueue(keys=keys, args=args), now_ms)
         script = self._gated.get(gate.lua) or self._gated.setdefault(
-            gate.lua, self._redis.register_script(gate.lua + _ENQUEUE_FN + _GATED)
+            gate.lua, self._scripts.register_script(gate.lua + _ENQUEUE_FN + _GATED)
         )
         counts = [len(gate.keys), len(gate.args)]
         answer, *queued = await script(keys=[*gate.keys, *keys], args=[*counts, *gate.args, *args])
@@ -401,7 +404,7 @@ class Claims:
     """A worker's side: take the next jobs of a queue, in fair-share order, recorded as running
     in the worker's running set (``sluice.contract.running_key``)."""
 
-    def __init__(self, redis: Redis, worker_id: str) -> None:
+    def __init__(self, redis: Redis | Multiplexed, worker_id: str) -> None:
         self._claim = redis.register_script(_CLAIM)
         self._running = running_key(worker_id)
         self._receipts = claim_receipts_key(worker_id)

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from sluice.contract import accepting_key, claim_receipts_key, direct_queue_key, running_key
 from sluice.fairqueue import Backlog, Claims, FairQueue, QueueLimits
 from sluice.ids import new_id
+from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
 from sluice.registry import deregister
 from tests.faults import LosesOneReply
@@ -223,7 +224,7 @@ async def test_a_claim_whose_reply_was_lost_is_answered_again(
         now_ms=now_ms,
     )
     async with LosesOneReply(redis_server, marker=QUEUE.encode()) as proxy:
-        through = Redis.from_url(f"{proxy.url}/7")  # the fixture's database
+        through = Multiplexed.from_url(f"{proxy.url}/7")  # the fixture's database; a worker's connection
         claims = Claims(through, WORKER)
         await claims.take("sluice:queue:warm-up", 1, mark_ms=60_000)  # the script loaded: it runs
         with pytest.raises(RedisError):

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from gateway import relay as relay_module
 from gateway.relay import StreamRelay
 from sluice.contract import EVENT_FIELD, Delta, Done, Event, Started, Usage, decode_event
+from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
 from tests.faults import LosesOneReply
 from worker.publish import EventPublisher
@@ -157,7 +158,7 @@ async def test_a_write_whose_reply_was_lost_is_not_applied_twice(
     redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
     async with LosesOneReply(redis_server, marker=b"once only") as proxy:
-        through = Redis.from_url(proxy.url)
+        through = Multiplexed.from_url(proxy.url)  # as a worker's publisher writes
         publisher = EventPublisher(through, ttl_seconds=60)
         await publisher.publish("warm-up", [Delta(text="loads the script", tokens=1)])
         async with asyncio.timeout(10):

@@ -22,7 +22,6 @@ import msgspec
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.config import Settings
@@ -36,7 +35,8 @@ from sluice.contract import (
     serialize_arq_job,
     tokenizer_key,
 )
-from sluice.fairqueue import FairQueue
+from sluice.fairqueue import Claims, FairQueue
+from sluice.multiplex import Multiplexed
 from sluice.recovery import Recovery
 from sluice.registry import deregister, heartbeat, stop_accepting
 from worker import metrics
@@ -53,7 +53,13 @@ log = logging.getLogger("sluice.worker")
 
 
 def build_worker(
-    settings: Settings, deps: JobDeps, queue: str, pool: ArqRedis, slots: Slots, bell: Doorbell
+    settings: Settings,
+    deps: JobDeps,
+    queue: str,
+    pool: ArqRedis,
+    slots: Slots,
+    bell: Doorbell,
+    claims: Claims,
 ) -> Worker:
     return SlottedWorker(
         functions=[func(generate, name=GENERATE, timeout=settings.job_timeout)],
@@ -63,6 +69,7 @@ def build_worker(
         slots=slots,
         bell=bell,
         worker_id=deps.worker_id,
+        claims=claims,
         out_of_tries=functools.partial(give_up, deps),
         poll_delay=settings.poll_delay,
         allow_abort_jobs=True,
@@ -128,10 +135,10 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         await pool.set(tokenizer_key(served.name), tokenizer)
     worker_id = uuid.uuid4().hex[:12]
     inflight = InFlight(pool, settings.heartbeat_ttl)
-    # A connection of its own: the publisher has one write in flight at a time, and a pooled
-    # command costs a checkout (and a read to check the connection) each.
-    events = Redis.from_url(settings.redis_url, single_connection_client=True)
-    publisher = EventPublisher(events, settings.stream_ttl, interval=settings.publish_interval_ms / 1000)
+    # The commands on each job's path, the claims and the event appends: one connection, no
+    # per-command checkout (sluice/multiplex.py).
+    hot = Multiplexed(pool.connection_pool)
+    publisher = EventPublisher(hot, settings.stream_ttl, interval=settings.publish_interval_ms / 1000)
     deps = JobDeps(
         engine=engine,
         worker_id=worker_id,
@@ -148,10 +155,11 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         default_queue_name=direct_queue_key(queue, worker_id),
     )
     bell = Doorbell(ABORTS_CHANNEL)
+    claims = Claims(hot, worker_id)  # both queues': their claims are numbered by queue
     direct = direct_queue_key(queue, worker_id)
     workers = [
-        build_worker(settings, deps, queue, pool, slots, bell),
-        build_worker(settings, deps, direct, direct_pool, slots, bell),
+        build_worker(settings, deps, queue, pool, slots, bell, claims),
+        build_worker(settings, deps, direct, direct_pool, slots, bell, claims),
     ]
     info = WorkerInfo(
         id=worker_id,
@@ -218,7 +226,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         await deregister(pool, worker_id)
     for worker in workers:
         await worker.close()  # closes its pool
-    await events.aclose()
+    await hot.aclose()
     for task in polling:
         with contextlib.suppress(asyncio.CancelledError):
             await task

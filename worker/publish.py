@@ -19,6 +19,7 @@ from redis.backoff import ExponentialBackoff
 
 from sluice.contract import Event, Started
 from sluice.events import EventLog, Settlement
+from sluice.multiplex import Multiplexed
 
 log = logging.getLogger("sluice.worker.publish")
 
@@ -50,7 +51,12 @@ class EventPublisher:
     """
 
     def __init__(
-        self, redis: Redis, ttl_seconds: int, retry: Retry | None = None, *, interval: float = 0.0
+        self,
+        redis: Redis | Multiplexed,
+        ttl_seconds: int,
+        retry: Retry | None = None,
+        *,
+        interval: float = 0.0,
     ) -> None:
         self._log = EventLog(redis, ttl_seconds, writer=uuid.uuid4().hex)
         self._writes = itertools.count(1)

@@ -45,9 +45,9 @@ class Slots:
 
 class SlottedWorker(Worker):
     """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it, which polls
-    its queue when ``bell`` rings, records the jobs it runs in worker ``worker_id``'s running set
-    (shared by its queues), and calls ``out_of_tries`` with a job it will not start again (its
-    tries used) and how many it had."""
+    its queue when ``bell`` rings, takes its jobs through ``claims``, records them in worker
+    ``worker_id``'s running set (shared by its queues), and calls ``out_of_tries`` with a job
+    it will not start again (its tries used) and how many it had."""
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class SlottedWorker(Worker):
         slots: Slots,
         bell: Doorbell,
         worker_id: str,
+        claims: Claims,
         out_of_tries: Callable[[str, int], Awaitable[None]],
         **kwargs: Any,
     ) -> None:
@@ -64,7 +65,7 @@ class SlottedWorker(Worker):
         self._out_of_tries = out_of_tries
         super().__init__(*args, **kwargs)
         self._wake = bell.wake_for(pickup_channel(self.queue_name))
-        self._claims = Claims(self.pool, worker_id)
+        self._claims = claims
         slots.workers.append(self)
 
     @property
