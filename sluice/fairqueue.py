@@ -386,6 +386,19 @@ redis.call('PEXPIRE', KEYS[5], ARGV[4])
 return taken
 """
 
+# KEYS: the queue, the worker's running set, arq's aborted jobs, the job's in-progress, retry and
+# job keys.  ARGV: the job id, '1' if it is over ('' to leave it queued, unmarked, for another
+# claim).  arq's finish_job for a job whose result is not kept, and the job out of the running set.
+_FINISH = """
+redis.call('SREM', KEYS[2], ARGV[1])
+if ARGV[2] == '' then
+  return redis.call('DEL', KEYS[4])
+end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -406,6 +419,7 @@ class Claims:
 
     def __init__(self, redis: Redis | Multiplexed, worker_id: str) -> None:
         self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
         self._running = running_key(worker_id)
         self._receipts = claim_receipts_key(worker_id)
         # This object's own (a worker restarted under the same id must not be answered its
@@ -439,3 +453,11 @@ class Claims:
         return [
             Claimed(job.decode(), data, int(attempt), aborted == 1) for job, data, attempt, aborted in rows
         ]
+
+    async def finish(self, queue: str, job_id: str, *, over: bool) -> None:
+        """The job's end, in arq's keys and the running set, in one script: ``over``, it is
+        done (arq's ``finish_job``, its result not kept); else it stays queued, unmarked, for
+        another claim (its try counted)."""
+        keys = [queue, self._running, abort_jobs_ss]
+        keys += [prefix + job_id for prefix in (in_progress_key_prefix, retry_key_prefix, job_key_prefix)]
+        await self._finish(keys=keys, args=[job_id, "1" if over else ""])

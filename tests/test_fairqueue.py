@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -202,6 +202,27 @@ async def test_a_claim_reads_its_job_counts_its_try_and_takes_its_abort(redis: R
     await redis.delete(in_progress_key_prefix + job_id, key)
     (again,) = await Claims(redis, WORKER).take(QUEUE, 1, mark_ms=60_000)
     assert (again.data, again.attempt, again.aborted) == (None, 2, False), "its data expired meanwhile"
+
+
+async def test_a_job_ends_over_or_handed_back_for_another_claim(redis: Redis) -> None:
+    """A job over leaves nothing behind (arq's keys, the queue, the running set); one its worker
+    stopped before it ended stays queued, unmarked, and the next claim takes it, its try counted."""
+    fair, claims = FairQueue(redis), Claims(redis, WORKER)
+    stopped, done = await enqueue(fair, "a"), await enqueue(fair, "a")
+    assert isinstance(stopped, str)
+    assert isinstance(done, str)
+    await redis.set(job_key_prefix + done, b"its data")  # as arq keeps it
+    taken = await claims.take(QUEUE, 2, mark_ms=60_000)
+    assert [job.id for job in taken] == [stopped, done]
+    await claims.finish(QUEUE, done, over=True)
+    await claims.finish(QUEUE, stopped, over=False)
+    assert await redis.smembers(RUNNING) == set()  # type: ignore[misc]
+    assert await redis.zrange(QUEUE, 0, -1) == [stopped.encode()]
+    assert not await redis.exists(
+        in_progress_key_prefix + done, retry_key_prefix + done, job_key_prefix + done
+    )
+    (again,) = await claims.take(QUEUE, 1, mark_ms=60_000)
+    assert (again.id, again.attempt) == (stopped, 2)
 
 
 async def test_a_claim_whose_reply_was_lost_is_answered_again(

@@ -68,7 +68,6 @@ def build_worker(
         max_jobs=slots.slots,
         slots=slots,
         bell=bell,
-        worker_id=deps.worker_id,
         claims=claims,
         out_of_tries=functools.partial(give_up, deps),
         poll_delay=settings.poll_delay,

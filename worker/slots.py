@@ -11,7 +11,7 @@ slot freed), and otherwise only every ``poll_delay`` seconds. A poll claims jobs
 (``sluice/fairqueue.py``) that also reads them as arq would before running them and records them
 in the worker's running set, so a claimed job starts at once: arq's ``run_job`` would spend a
 round trip reading it again, and the worker one more recording it. A job's end, arq's and the
-record's, is one transaction.
+record's, is one script (``Claims.finish``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Worker
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.worker import Function
 
-from sluice.contract import pickup_channel, running_key
+from sluice.contract import pickup_channel
 from sluice.fairqueue import Claimed, Claims
 from worker.doorbell import Doorbell
 
@@ -45,23 +44,21 @@ class Slots:
 
 class SlottedWorker(Worker):
     """An arq ``Worker`` whose ``max_jobs`` is what its :class:`Slots` leave it, which polls
-    its queue when ``bell`` rings, takes its jobs through ``claims``, records them in worker
-    ``worker_id``'s running set (shared by its queues), and calls ``out_of_tries`` with a job
-    it will not start again (its tries used) and how many it had."""
+    its queue when ``bell`` rings, takes and ends its jobs through ``claims`` (which records them
+    in its worker's running set, shared by its queues), and calls ``out_of_tries`` with a job it
+    will not start again (its tries used) and how many it had."""
 
     def __init__(
         self,
         *args: Any,
         slots: Slots,
         bell: Doorbell,
-        worker_id: str,
         claims: Claims,
         out_of_tries: Callable[[str, int], Awaitable[None]],
         **kwargs: Any,
     ) -> None:
         self._slots = slots
         self._bell = bell
-        self._running = running_key(worker_id)
         self._out_of_tries = out_of_tries
         super().__init__(*args, **kwargs)
         self._wake = bell.wake_for(pickup_channel(self.queue_name))
@@ -147,18 +144,7 @@ class SlottedWorker(Worker):
         await asyncio.shield(self._finish(job.id, finish))
 
     async def _finish(self, job_id: str, finish: bool) -> None:
-        """arq's ``finish_job`` for a job whose result is not kept, and the job out of this
-        worker's running set, in one transaction. ``finish``: the job is over, not to run again
-        (else it stays queued, unmarked, for another claim)."""
-        async with self.pool.pipeline(transaction=True) as tr:
-            tr.srem(self._running, job_id)
-            if finish:
-                tr.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
-                tr.zrem(abort_jobs_ss, job_id)
-                tr.zrem(self.queue_name, job_id)
-            else:
-                tr.delete(in_progress_key_prefix + job_id)
-            await tr.execute()
+        await self._claims.finish(self.queue_name, job_id, over=finish)
 
     def _tries_used(self, job: Claimed) -> bool:
         """A job waiting to run (not aborted, not expired) that has used its tries."""
