@@ -65,7 +65,7 @@ class _Line:
                     waiter.set_exception(reply)
                 else:
                     waiter.set_result(reply)
-        except (ConnectionError, OSError) as error:
+        except Exception as error:  # lost, or out of step: nothing more read here can be trusted
             self._fail(error)
         except asyncio.CancelledError:
             self._fail(ConnectionError("connection closed"))
