@@ -46,7 +46,16 @@ class _Line:
         self.connection = connection
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.open = True
+        #: Since when nothing has come back while commands wait (the last reply, or the first
+        #: command sent after a quiet spell).
+        self.quiet_since = 0.0
         self.reader = asyncio.create_task(self._read(), name="sluice-multiplexed")
+
+    def drop(self, why: str) -> None:
+        """No more commands here; those waiting fail, and the connection closes."""
+        self.open = False
+        log.warning("Redis connection dropped: %s", why)
+        self.reader.cancel()
 
     async def _read(self) -> None:
         """Hand each reply to the oldest waiting command, for the connection's life."""
@@ -59,6 +68,7 @@ class _Line:
                 if not self.waiting:
                     raise ConnectionError("Redis sent a reply no command was waiting for")
                 waiter = self.waiting.popleft()
+                self.quiet_since = asyncio.get_running_loop().time()
                 if waiter.done():  # its caller gave up
                     continue
                 if isinstance(reply, ResponseError):
@@ -89,16 +99,22 @@ class Multiplexed:
     order. A blocking command (``XREAD BLOCK``) holds up every command behind it: give it a
     connection of its own."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, stalled_after: float = 1.0) -> None:
+        """``stalled_after``: a caller that gives up when nothing has come back for this many
+        seconds while commands wait drops the connection, for the next command to open another.
+        A half-open connection (a network partition, a Redis host gone) would otherwise hold
+        every later command until its caller's timeout, for ever; redis-py's client drops a
+        connection whenever a command on it is abandoned, which a shared one cannot afford."""
         # No socket timeout: a reply waited for is one its caller still wants, or one to drop.
         kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._new = functools.partial(pool.connection_class, **kwargs)
         self._line: _Line | None = None
         self._connecting = asyncio.Lock()
+        self._stalled_after = stalled_after
 
     @classmethod
-    def from_url(cls, url: str) -> Multiplexed:
-        return cls(ConnectionPool.from_url(url))
+    def from_url(cls, url: str, *, stalled_after: float = 1.0) -> Multiplexed:
+        return cls(ConnectionPool.from_url(url), stalled_after=stalled_after)
 
     async def execute(self, *command: Argument) -> Any:
         """The reply to ``command``, as redis-py's parser gives it (no response callbacks);
@@ -108,7 +124,10 @@ class Multiplexed:
             line = await self._connect()
         if not line.connection.is_connected:  # being dropped: its reader fails what waits on it
             raise ConnectionError("Redis connection lost")
-        reply = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
+        if not line.waiting:
+            line.quiet_since = loop.time()
         line.waiting.append(reply)  # before the write: the replies come back in this order
         try:
             # Written before its first await (connected, checked above): commands go out in the
@@ -117,7 +136,13 @@ class Multiplexed:
         except BaseException:
             reply.cancel()  # the reader drops its reply, if one comes
             raise
-        return await reply
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            quiet = loop.time() - line.quiet_since
+            if line.open and line.waiting and quiet >= self._stalled_after:
+                line.drop(f"no reply for {quiet:.1f} s while {len(line.waiting)} commands waited")
+            raise
 
     def register_script(self, source: str) -> Script:
         """As redis-py's ``Redis.register_script``: the script, run on this connection."""

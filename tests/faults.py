@@ -55,3 +55,51 @@ class LosesOneReply:
             forwarding.cancel()
             to_client.close()
             to_upstream.close()
+
+
+class GoesSilent:
+    """A TCP proxy to Redis whose connections open before :meth:`silence` stop answering, still
+    open: a half-open connection (a network partition, a host gone without closing its sockets).
+    Connections opened after it work."""
+
+    def __init__(self, upstream: EmbeddedRedis) -> None:
+        self._port = int(upstream.url.rsplit(":", 1)[1].split("/")[0])
+        self._silenced: set[asyncio.StreamWriter] = set()
+        self._open: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[None]] = set()
+        self.url = ""
+
+    def silence(self) -> None:
+        self._silenced |= self._open
+
+    async def __aenter__(self) -> GoesSilent:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for connection in self._connections:
+            connection.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self._open.add(to_client)
+        upstream, to_upstream = await asyncio.open_connection("127.0.0.1", self._port)
+
+        async def requests() -> None:
+            while data := await client.read(65536):
+                to_upstream.write(data)
+
+        forwarding = asyncio.create_task(requests())
+        try:
+            while data := await upstream.read(65536):
+                if to_client not in self._silenced:
+                    to_client.write(data)
+        finally:
+            forwarding.cancel()
+            to_client.close()
+            to_upstream.close()

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
+from tests.faults import GoesSilent
 
 
 @pytest.fixture
@@ -45,6 +46,22 @@ async def test_an_error_reply_is_raised_to_its_caller_only(connection: Multiplex
     assert results[0] == b"before"
     assert isinstance(results[1], ResponseError)
     assert results[2] == b"after"
+
+
+async def test_a_connection_gone_silent_is_dropped_and_the_next_command_answered(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A half-open connection must not hold every later command until its caller's timeout."""
+    async with GoesSilent(redis_server) as proxy:
+        connection = Multiplexed.from_url(proxy.url, stalled_after=0.2)
+        assert await connection.execute("PING") == b"PONG"
+        proxy.silence()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):  # as the gateway gives up on Redis
+                await connection.execute("PING")
+        async with asyncio.timeout(5):
+            assert await connection.execute("ECHO", "answered") == b"answered"
+        await connection.aclose()
 
 
 async def test_scripts_run_again_after_redis_restarts_without_them() -> None:
