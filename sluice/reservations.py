@@ -23,11 +23,6 @@ def limit_keys(key_id: str) -> list[str]:
     return [f"{base}:requests", f"{base}:reserved", f"{base}:inflight", f"{base}:reserved:total"]
 
 
-def settle_keys(key_id: str) -> list[str]:
-    """The keys :data:`SETTLE_FN` takes: reservations, in flight, the running total."""
-    return limit_keys(key_id)[1:]
-
-
 # settle(reservations, in flight, total, request id, tokens reserved, tokens used): the request's
 # slot freed, its reservation resized to what it used (at its admission's time, so it leaves the
 # window when it would have). Settling twice changes nothing: the second finds no reservation of
@@ -50,4 +45,5 @@ end
 
 def settle_args(request_id: str, reservation: Reservation, used: int) -> tuple[list[str], list[str | int]]:
     """:data:`SETTLE_FN`'s keys and its other arguments, for a request that used ``used`` tokens."""
-    return settle_keys(reservation.key), [request_id, reservation.tokens, min(used, reservation.tokens)]
+    keys = limit_keys(reservation.key)[1:]  # reservations, in flight, the running total
+    return keys, [request_id, reservation.tokens, min(used, reservation.tokens)]

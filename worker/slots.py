@@ -117,14 +117,14 @@ class SlottedWorker(Worker):
         run again with its try counted."""
         call = self._call(job)
         if call is None:
-            await asyncio.shield(self._finish(job.id, True))
+            await asyncio.shield(self._claims.finish(self.queue_name, job.id, over=True))
             if self._tries_used(job):
                 await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
         function, args = call
         ctx = {**self.ctx, "job_try": job.attempt}  # all that generate() reads of arq's job context
         task = self.job_tasks[job.id] = asyncio.create_task(function.coroutine(ctx, *args))
-        finish = True
+        over = True  # else handed back: queued again, unmarked
         try:
             timeout = self.job_timeout_s if function.timeout_s is None else function.timeout_s
             await asyncio.wait_for(task, timeout)
@@ -134,17 +134,14 @@ class SlottedWorker(Worker):
                 self.aborting_tasks.remove(job.id)
                 self.jobs_failed += 1
             else:  # this worker is stopping: handed back
-                finish = False
+                over = False
                 self.jobs_retried += 1
         except Exception:
             log.exception("job %s failed", job.id)
             self.jobs_failed += 1
         finally:
             del self.job_tasks[job.id]
-        await asyncio.shield(self._finish(job.id, finish))
-
-    async def _finish(self, job_id: str, finish: bool) -> None:
-        await self._claims.finish(self.queue_name, job_id, over=finish)
+        await asyncio.shield(self._claims.finish(self.queue_name, job.id, over=over))
 
     def _tries_used(self, job: Claimed) -> bool:
         """A job waiting to run (not aborted, not expired) that has used its tries."""
