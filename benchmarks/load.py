@@ -7,9 +7,20 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+import uvloop
 
 from benchmarks.client import Result
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator on uvloop, as the gateway and workers run: it shares the cores with
+    what it measures, and on asyncio's own loop it spent 0.41-0.44 ms of CPU per streamed request
+    at 400 req/s, against 0.34 on uvloop (two runs each)."""
+    return uvloop.run(main)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

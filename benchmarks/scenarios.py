@@ -15,7 +15,7 @@ from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from benchmarks.client import Pool, Result, stream
-from benchmarks.load import closed_loop, ms, open_loop
+from benchmarks.load import closed_loop, ms, open_loop, run
 from benchmarks.machine import cpu_ticks
 from benchmarks.stack import MODEL, Floor, Stack, cpu_seconds, floor, peak_rss_mib, rss_mib, running
 from gateway.enqueue import JobQueue
@@ -141,9 +141,7 @@ def overhead(logs: Path, rates: list[float], keyed_rates: list[float], duration:
 def _warm(stack: Stack, key: str | None = None) -> None:
     """A second of traffic: Redis scripts loaded, pools' connections open, the key cached."""
     headers = {"authorization": f"Bearer {key}"} if key else None
-    asyncio.run(
-        _served(stack.url, stack.run_path, run_body(OVERHEAD_TOKENS), stack.gateway_pid, 50, 1, headers)
-    )
+    run(_served(stack.url, stack.run_path, run_body(OVERHEAD_TOKENS), stack.gateway_pid, 50, 1, headers))
 
 
 def _unlimited_key(folder: Path) -> tuple[str, Path]:
@@ -185,7 +183,7 @@ def _overhead_at(
             row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
             return row | latency_row(base, "engine") | latency_row(sluice.results, "sluice")
 
-        row = asyncio.run(measure())
+        row = run(measure())
         row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
         row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
         rows.append(row)
@@ -229,7 +227,7 @@ def relay(logs: Path, concurrencies: list[int], duration: float) -> list[Row]:
         ) as stack:
             pids = [stack.gateway_pid, *stack.worker_pids]
             before = [cpu_seconds(pid) for pid in pids]
-            results, elapsed = asyncio.run(_kept_alive(stack, body, concurrency, duration))
+            results, elapsed = run(_kept_alive(stack, body, concurrency, duration))
             gateway_cpu, *worker_cpu = (cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True))
             gaps = [g for r in results for g in r.gaps]
             done = [r for r in results if r.tokens]
@@ -304,7 +302,7 @@ def cpu_engine(logs: Path, batches: list[int], tokens: int) -> list[Row]:
         "temperature": 0,
     }
     with running(logs / "cpu", synthetic=False) as stack:
-        asyncio.run(stream(stack.url, stack.run_path, {**body, "max_tokens": 4}))  # warm-up
+        run(stream(stack.url, stack.run_path, {**body, "max_tokens": 4}))  # warm-up
         for batch in batches:
 
             async def through(batch: int = batch) -> tuple[list[Result], float]:
@@ -314,7 +312,7 @@ def cpu_engine(logs: Path, batches: list[int], tokens: int) -> list[Row]:
                 )
                 return list(results), time.perf_counter() - start
 
-            results, elapsed = asyncio.run(through())
+            results, elapsed = run(through())
             rows.append(
                 {"streams": batch, "sluice_tokens_per_s": round(sum(r.tokens for r in results) / elapsed, 1)}
             )
@@ -371,7 +369,7 @@ def pickup(logs: Path, rates: list[float], count: int) -> list[Row]:
     rows: list[Row] = []
     with running(logs / "pickup") as stack:
         for rate in rates:
-            waits = asyncio.run(_pickups(stack.redis_url, rate, count))
+            waits = run(_pickups(stack.redis_url, rate, count))
             rows.append(
                 {
                     "rate": rate,
@@ -420,7 +418,7 @@ def soak(logs: Path, requests: int, checkpoints: int = 5, concurrency: int = 32)
         (worker,) = stack.worker_pids
 
         def checkpoint(done: int) -> None:
-            keys, used = asyncio.run(_redis_footprint(stack.redis_url))
+            keys, used = run(_redis_footprint(stack.redis_url))
             row: Row = {
                 "requests": done,
                 "gateway_rss_mib": round(rss_mib(stack.gateway_pid), 1),
@@ -434,10 +432,10 @@ def soak(logs: Path, requests: int, checkpoints: int = 5, concurrency: int = 32)
             )
 
         step = requests // checkpoints
-        asyncio.run(_batch(stack, 200, concurrency, 0))  # warm-up: caches and pools filled
+        run(_batch(stack, 200, concurrency, 0))  # warm-up: caches and pools filled
         checkpoint(0)
         for n in range(1, checkpoints + 1):
-            asyncio.run(_batch(stack, step, concurrency, n * step))
+            run(_batch(stack, step, concurrency, n * step))
             checkpoint(n * step)
         time.sleep(stream_ttl + 1)  # event streams expire; job keys are gone already
         checkpoint(checkpoints * step)

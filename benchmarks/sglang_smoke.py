@@ -12,7 +12,6 @@ On a GPU node with the weights (``pip install -e '.[sglang,test]'``)::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from benchmarks import machine, report
 from benchmarks.client import stream
-from benchmarks.load import closed_loop, ms
+from benchmarks.load import closed_loop, ms, run
 from benchmarks.stack import MODEL, Stack, running
 
 #: The end-to-end tests that hold for any model behind the served name (they use the SDKs).
@@ -45,7 +44,7 @@ def throughput(stack: Stack, concurrencies: list[int], seconds: float, max_token
     body = {"messages": [{"role": "user", "content": PROMPT}], "stream": True, "max_tokens": max_tokens}
     rows: list[report.Row] = []
     for concurrency in concurrencies:
-        results, wall = asyncio.run(
+        results, wall = run(
             closed_loop(lambda: stream(stack.url, stack.run_path, body, limit=300), concurrency, seconds)
         )
         ok = [r for r in results if r.status == 200]
