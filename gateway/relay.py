@@ -26,11 +26,12 @@ import contextlib
 import logging
 import uuid
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import Event, decode_event, events_key
-from sluice.errors import queue_unavailable
+from sluice.errors import internal, queue_unavailable
 from sluice.events import failed
 from sluice.multiplex import Multiplexed
 
@@ -43,6 +44,9 @@ BLOCK_MS = 5_000
 COUNT = 512
 #: Seconds of Redis outage after which open streams end with an error instead of waiting on.
 OUTAGE_GRACE = 5.0
+#: Seconds past its block an XREAD's reply may be late before the connection is taken for
+#: half-open (a partition, a Redis host gone) and replaced.
+LATE_REPLY = 2.0
 
 
 Entries = list[tuple[bytes, list[tuple[bytes, list[bytes]]]]]
@@ -56,6 +60,17 @@ async def _xread(connection: Multiplexed, streams: dict[bytes, bytes], block_ms:
         "XREAD", "COUNT", COUNT, "BLOCK", block_ms, "STREAMS", *names, *ids
     )
     return response or []
+
+
+def _decoded(key: bytes, value: bytes) -> Event:
+    """The event, or for one this gateway cannot read (written by a newer worker during a
+    rolling update, say) an error that ends its stream: never a relay stopped, or a stream left
+    waiting for an end it was sent."""
+    try:
+        return decode_event(value)
+    except msgspec.DecodeError as error:  # a ValidationError too
+        log.error("unreadable event in %s, its stream ends: %s", key.decode(), error)
+        return failed(internal(f"an event of this job could not be read: {error}"))
 
 
 class Subscription:
@@ -92,7 +107,7 @@ class StreamRelay:
         self, redis_url: str, control: Redis, *, coalesce_above: int = 0, coalesce_ms: float = 0.0
     ) -> None:
         # Its own connection: the relay spends most of its life blocked in XREAD.
-        self._reader = Multiplexed.from_url(redis_url)
+        self._reader = Multiplexed.from_url(redis_url, timeout=BLOCK_MS / 1000 + LATE_REPLY)
         self._control = control
         self._wake_key = f"sluice:wake:{uuid.uuid4().hex}".encode()
         self._wake_id = b"0-0"
@@ -196,6 +211,10 @@ class StreamRelay:
                     self._fail_all()
                 await asyncio.sleep(0.5)
                 continue
+            except Exception:  # a bug: every stream of this process hangs if the relay stops
+                log.exception("relay read failed unexpectedly, reading on")
+                await asyncio.sleep(0.5)
+                continue
             failing_since = None
 
     async def _hold(self) -> None:
@@ -224,6 +243,6 @@ class StreamRelay:
                 continue
             for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
                 subscription.last_id = entry_id
-                subscription.deliver(decode_event(value))
+                subscription.deliver(_decoded(key, value))
             relayed += len(entries)
         return relayed

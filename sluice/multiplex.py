@@ -8,11 +8,12 @@ per script call on the build VM, against 90 µs here. Here a command is packed b
 written at once; Redis answers a connection's commands in the order they came, so one reader
 hands the replies back in that order, each to the caller whose command it answers.
 
-Timeouts and retries stay with the callers (``asyncio.timeout``, the publisher's ``Retry``). A
-caller that gives up (cancelled) leaves its reply to be read and dropped, so the connection stays
-in step: redis-py's client must instead drop a connection whose reply was not read. A lost
-connection fails every command waiting on it with redis-py's ``ConnectionError``, which callers
-already handle, and the next command connects again.
+Retries stay with the callers (the publisher's ``Retry``), and so do timeouts, but for a callers'
+bound (``timeout``) on a connection whose callers set none. A caller that gives up (cancelled)
+leaves its reply to be read and dropped, so the connection stays in step: redis-py's client must
+instead drop a connection whose reply was not read. A lost connection fails every command
+waiting on it with redis-py's ``ConnectionError``, which callers already handle, and the next
+command connects again.
 
 Connections are made by redis-py (the URL's host or socket, TLS, password, database), and
 replies parsed by its parser: only the per-command path is this module's.
@@ -33,6 +34,7 @@ import hiredis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("sluice.multiplex")
 
@@ -99,31 +101,39 @@ class Multiplexed:
     order. A blocking command (``XREAD BLOCK``) holds up every command behind it: give it a
     connection of its own."""
 
-    def __init__(self, pool: ConnectionPool, *, stalled_after: float = 1.0) -> None:
+    def __init__(
+        self, pool: ConnectionPool, *, stalled_after: float = 1.0, timeout: float | None = None
+    ) -> None:
         """``stalled_after``: a caller that gives up when nothing has come back for this many
         seconds while commands wait drops the connection, for the next command to open another.
         A half-open connection (a network partition, a Redis host gone) would otherwise hold
         every later command until its caller's timeout, for ever; redis-py's client drops a
-        connection whenever a command on it is abandoned, which a shared one cannot afford."""
+        connection whenever a command on it is abandoned, which a shared one cannot afford.
+
+        ``timeout``: how long a caller waits for its reply before it gets redis-py's
+        ``TimeoutError`` (and so gives up, as above). For connections whose callers set no
+        timeout of their own: without one, a half-open connection would hold them for ever."""
         # No socket timeout: a reply waited for is one its caller still wants, or one to drop.
         kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._new = functools.partial(pool.connection_class, **kwargs)
         self._line: _Line | None = None
         self._connecting = asyncio.Lock()
-        self._stalled_after = stalled_after
+        # A caller timed out has waited in silence for all of ``timeout``, however short.
+        self._stalled_after = stalled_after if timeout is None else min(stalled_after, timeout)
+        self._timeout = timeout
 
     @classmethod
-    def from_url(cls, url: str, *, stalled_after: float = 1.0) -> Multiplexed:
-        return cls(ConnectionPool.from_url(url), stalled_after=stalled_after)
+    def from_url(cls, url: str, *, stalled_after: float = 1.0, timeout: float | None = None) -> Multiplexed:
+        return cls(ConnectionPool.from_url(url), stalled_after=stalled_after, timeout=timeout)
 
     async def execute(self, *command: Argument) -> Any:
         """The reply to ``command``, as redis-py's parser gives it (no response callbacks);
         raises an error reply as redis-py does."""
+        # Packed before it joins the queue: one that cannot be packed must leave no reply awaited.
+        packed = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says one argument
         line = self._line
-        if line is None or not line.open:
+        if line is None or not line.open or not line.connection.is_connected:
             line = await self._connect()
-        if not line.connection.is_connected:  # being dropped: its reader fails what waits on it
-            raise ConnectionError("Redis connection lost")
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
         if not line.waiting:
@@ -132,16 +142,25 @@ class Multiplexed:
         try:
             # Written before its first await (connected, checked above): commands go out in the
             # order of ``waiting``.
-            await line.connection.send_packed_command(hiredis.pack_command(command), check_health=False)  # type: ignore[arg-type]  # its stub says one argument
+            await line.connection.send_packed_command(packed, check_health=False)
         except BaseException:
-            reply.cancel()  # the reader drops its reply, if one comes
+            reply.cancel()
+            # redis-py disconnects a connection whose write failed or was cut short (its caller
+            # cancelled while the write waited for room): what waits there fails with it.
+            if line.open:
+                line.drop("a write failed")
             raise
         try:
-            return await reply
-        except asyncio.CancelledError:
+            if self._timeout is None:
+                return await reply
+            async with asyncio.timeout(self._timeout):
+                return await reply
+        except (asyncio.CancelledError, TimeoutError) as gave_up:
             quiet = loop.time() - line.quiet_since
             if line.open and line.waiting and quiet >= self._stalled_after:
                 line.drop(f"no reply for {quiet:.1f} s while {len(line.waiting)} commands waited")
+            if isinstance(gave_up, TimeoutError):
+                raise RedisTimeoutError(f"no reply from Redis in {self._timeout} s") from None
             raise
 
     def register_script(self, source: str) -> Script:
@@ -150,11 +169,14 @@ class Multiplexed:
 
     async def _connect(self) -> _Line:
         async with self._connecting:  # concurrent first callers share one connection
-            if self._line is None or not self._line.open:
+            line = self._line
+            if line is None or not line.open or not line.connection.is_connected:
+                if line is not None and line.open:  # disconnected under its reader, still reading
+                    line.drop("disconnected")
                 connection = self._new()
                 await connection.connect()  # type: ignore[no-untyped-call]
-                self._line = _Line(connection)
-            return self._line
+                line = self._line = _Line(connection)
+            return line
 
     async def aclose(self) -> None:
         line, self._line = self._line, None

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
@@ -58,6 +59,29 @@ async def test_a_connection_gone_silent_is_dropped_and_the_next_command_answered
         proxy.silence()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):  # as the gateway gives up on Redis
+                await connection.execute("PING")
+        async with asyncio.timeout(5):
+            assert await connection.execute("ECHO", "answered") == b"answered"
+        await connection.aclose()
+
+
+async def test_a_command_that_cannot_be_sent_leaves_the_others_in_step(connection: Multiplexed) -> None:
+    with pytest.raises(TypeError):
+        await connection.execute("SET", "sluice:test:none", None)  # type: ignore[arg-type]  # as a bug might
+    async with asyncio.timeout(5):
+        assert await connection.execute("ECHO", "mine") == b"mine"
+
+
+async def test_callers_without_a_timeout_are_not_held_by_a_silent_connection(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A worker's claims and the relay's reads set no timeout of their own: the connection's."""
+    async with GoesSilent(redis_server) as proxy:
+        connection = Multiplexed.from_url(proxy.url, timeout=0.5)
+        assert await connection.execute("PING") == b"PONG"
+        proxy.silence()
+        with pytest.raises(RedisTimeoutError):
+            async with asyncio.timeout(5):  # the test's bound, not the caller's
                 await connection.execute("PING")
         async with asyncio.timeout(5):
             assert await connection.execute("ECHO", "answered") == b"answered"

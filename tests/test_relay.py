@@ -8,11 +8,13 @@ import itertools
 from collections.abc import AsyncIterator, Iterable
 
 import pytest
+from msgspec import msgpack
 from redis.asyncio import Redis
 
 from gateway import relay as relay_module
 from gateway.relay import StreamRelay
-from sluice.contract import EVENT_FIELD, Delta, Done, Event, Started, Usage, decode_event
+from sluice.contract import EVENT_FIELD, Delta, Done, Event, Failed, Started, Usage, decode_event, events_key
+from sluice.errors import ErrorCode
 from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
 from tests.faults import LosesOneReply
@@ -93,6 +95,23 @@ async def test_many_streams_each_get_their_own_events_in_order(relay: StreamRela
                 received += await subscription.next()
             assert received == [Delta(text=f"{job_id}:{r}", tokens=1) for r in range(3)] + [done]
             subscription.close()
+
+
+async def test_an_event_the_gateway_cannot_read_ends_its_stream_and_the_relay_reads_on(
+    relay: StreamRelay, redis: Redis
+) -> None:
+    """A newer worker's event (a rolling update) fails its own stream, with an error, not the
+    relay every stream of the gateway hangs on."""
+    unreadable, other = relay.subscribe("newer"), relay.subscribe("other")
+    await redis.xadd(events_key("newer"), {EVENT_FIELD: msgpack.encode({"type": "from-the-future"})})
+    async with asyncio.timeout(10):
+        (event,) = await unreadable.next()
+        assert isinstance(event, Failed)
+        assert event.code == ErrorCode.INTERNAL
+        await EventPublisher(redis, 60).publish("other", [Delta(text="still here", tokens=1)])
+        assert await other.next() == [Delta(text="still here", tokens=1)]
+    unreadable.close()
+    other.close()
 
 
 async def test_streams_expire(redis: Redis) -> None:

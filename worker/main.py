@@ -50,6 +50,9 @@ from worker.publish import EventPublisher
 from worker.slots import Slots, SlottedWorker
 
 log = logging.getLogger("sluice.worker")
+#: Seconds a claim, an append or a job's end waits for Redis's reply; past it the connection is
+#: taken for half-open and replaced (each of them is safe to ask again: ``sluice/fairqueue.py``).
+HOT_TIMEOUT = 5.0
 
 
 def build_worker(
@@ -136,7 +139,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     inflight = InFlight(pool, settings.heartbeat_ttl)
     # The commands on each job's path, the claims and the event appends: one connection, no
     # per-command checkout (sluice/multiplex.py).
-    hot = Multiplexed(pool.connection_pool)
+    hot = Multiplexed(pool.connection_pool, timeout=HOT_TIMEOUT)
     publisher = EventPublisher(hot, settings.stream_ttl, interval=settings.publish_interval_ms / 1000)
     deps = JobDeps(
         engine=engine,
