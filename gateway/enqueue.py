@@ -15,13 +15,18 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
 
-from sluice.contract import ABORTS_CHANNEL, GENERATE, Job, encode, queue_key, serialize_arq_job
+from sluice.contract import (
+    ABORTS_CHANNEL,
+    GENERATE,
+    JOB_EXPIRES_MS,
+    Job,
+    encode,
+    queue_key,
+    serialize_arq_job,
+)
 from sluice.fairqueue import Backlog, Enqueued, FairQueue, Gate, QueueLimits
 from sluice.multiplex import Multiplexed
 from sluice.registry import live_slots
-
-#: arq's default lifetime of a queued job's data (its ``expires_extra_ms``).
-JOB_EXPIRES_MS = 86_400_000
 
 
 class JobQueue:

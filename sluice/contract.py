@@ -28,6 +28,11 @@ EVENT_FIELD = b"e"
 WORKERS_KEY = "sluice:workers"
 
 
+#: arq's default lifetime of a queued job's data (its ``expires_extra_ms``): a job not started by
+#: then is not started at all.
+JOB_EXPIRES_MS = 86_400_000
+
+
 def queue_key(model: str) -> str:
     """The arq queue (a sorted set) of jobs for one served model."""
     return f"sluice:queue:{model}"

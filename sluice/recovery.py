@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, cast
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import deserialize_job
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sluice.contract import (
+    JOB_EXPIRES_MS,
     WORKERS_KEY,
     Delta,
     ToolCalls,
@@ -36,6 +38,7 @@ from sluice.contract import (
     decode_event,
     decode_job,
     deserialize_arq_job,
+    direct_queue_key,
     events_key,
     pickup_channel,
     queue_key,
@@ -80,16 +83,23 @@ async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
     return "requeued"
 
 
-async def recover_worker(
-    redis: Redis, worker_id: str, stream_ttl: int, queues: Sequence[str] = ()
-) -> dict[str, Action]:
+async def direct_queues(redis: Redis, worker_id: str) -> list[str]:
+    """The shared queues that have jobs routed to ``worker_id`` in a queue of its own. Found by
+    name, not by the worker's advert, which expires with its heartbeat: recovery comes later, and
+    may be run by a process of another model."""
+    suffix = direct_queue_key("", worker_id)
+    keys = [key async for key in redis.scan_iter(match=queue_key("*") + suffix, count=1000)]
+    return sorted(key.decode().removesuffix(suffix) for key in keys)
+
+
+async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[str, Action]:
     """The jobs of a silent worker, once it is claimed (``{}`` if another process claimed it);
-    the jobs routed to it go back to ``queues``, the shared queues it may have served."""
+    the jobs routed to it go back to their models' shared queues."""
     if not await claim(redis, worker_id):
         return {}
     jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
     actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
-    for queue in queues:  # its routed jobs, the requeued ones among them
+    for queue in await direct_queues(redis, worker_id):  # its routed jobs, the requeued ones among them
         await FairQueue(redis).hand_back(queue, worker_id)
     await redis.delete(running_key(worker_id), worker_key(worker_id), claim_receipts_key(worker_id))
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
@@ -132,6 +142,7 @@ class Recovery:
         self._redis = redis
         self._queues = list(queues)
         self._claim_ms = int((job_timeout + 10) * 1000)  # arq's in-progress lifetime
+        self._abort_ms = JOB_EXPIRES_MS + self._claim_ms  # queued for a day, then run to its end
         self._observe = observe
         self._ttl = heartbeat_ttl
         self._stream_ttl = stream_ttl
@@ -140,11 +151,15 @@ class Recovery:
     async def sweep(self) -> dict[str, Action]:
         actions: dict[str, Action] = {}
         try:
+            # Aborts that outlived any job they could stop (one ended as it was aborted, say):
+            # arq never trims them, and every worker reads the whole set at each poll for aborts.
+            before = f"({time.time() * 1000 - self._abort_ms:.0f}"
+            await self._redis.zremrangebyscore(abort_jobs_ss, "-inf", before)
             silent = await silent_workers(self._redis, self._ttl)
             if not self._steady.reached():
                 return actions
             for worker_id in silent:
-                actions |= await recover_worker(self._redis, worker_id, self._stream_ttl, self._queues)
+                actions |= await recover_worker(self._redis, worker_id, self._stream_ttl)
             grace_ms = int(self._ttl * 2000)
             for queue in self._queues:
                 for job_id in await unrecorded_claims(self._redis, queue, self._claim_ms, grace_ms):
