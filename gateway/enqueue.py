@@ -9,11 +9,15 @@ are fresh UUIDv7s, which never collide.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from sluice.contract import (
     ABORTS_CHANNEL,
@@ -27,6 +31,15 @@ from sluice.contract import (
 from sluice.fairqueue import Backlog, Enqueued, FairQueue, Gate, QueueLimits
 from sluice.multiplex import Multiplexed
 from sluice.registry import live_slots
+
+log = logging.getLogger("sluice.gateway.enqueue")
+
+#: About 6 s of backoff: an abort outlives a Redis restart, not an outage.
+ABORT_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10)
+
+
+async def _retrying(error: Exception) -> None:
+    log.info("abort not sent yet (Redis unavailable), retrying: %s", error)
 
 
 class JobQueue:
@@ -71,11 +84,19 @@ class JobQueue:
 
     async def abort(self, job_id: str) -> None:
         """Ask arq to cancel the job: dropped if still queued, cancelled on its worker if running
-        (woken to see it now, not at its next poll)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
-            pipe.publish(ABORTS_CHANNEL, b"1")
-            await pipe.execute()
+        (woken to see it now, not at its next poll). Asked again over a Redis blip (it is safe
+        to repeat); if Redis stays away, the job runs on for nobody, and that is logged."""
+
+        async def abort() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
+                pipe.publish(ABORTS_CHANNEL, b"1")
+                await pipe.execute()
+
+        try:
+            await ABORT_RETRY.call_with_retry(abort, _retrying)
+        except (RedisError, OSError) as error:
+            log.warning("job %s not aborted (Redis unavailable): %s", job_id, error)
 
     async def backlog(self, model: str, account: str | None = None) -> Backlog:
         """What waits ahead of ``account``'s next job (``None``: all that waits)."""

@@ -118,6 +118,7 @@ class GenerationHandle:
         self._observe_wait = observe_wait
         self.job = job
         self.done: Done | None = None
+        self._failed = False  # it ended in an error: nothing left to abort
         self._release = release
         self._settled = settled
         self._prompt_tokens = prompt_tokens
@@ -156,6 +157,7 @@ class GenerationHandle:
                     self._observe_done(event)
                     return
                 elif isinstance(event, Failed):
+                    self._failed = True
                     raise error_from(event)
                 elif event.attempt == 1:
                     waited = max(0.0, event.at - self.job.enqueued_at)
@@ -217,8 +219,9 @@ class GenerationHandle:
         self._deadline.cancel()
         self._subscription.close()
         if self.done is None:
-            metrics.ABORTS.labels("client_gone").inc()
-            self._abort(self.id)
+            if not self._failed:  # an abort of an ended job would stay in arq's set for good
+                metrics.ABORTS.labels("client_gone").inc()
+                self._abort(self.id)
             self._release(self._prompt_tokens + self._generated)
         else:
             self._settled()
@@ -377,6 +380,7 @@ class Generations:
             reservation=reservation,
         )
         subscription = self._relay.subscribe(job.id, wake=False)  # the enqueue wakes the relay
+        submitted = False
         try:
             # Scoped by account: one tenant's session ids cannot steer another's.
             pinned = f"{account}:{session}" if session is not None else None
@@ -384,6 +388,7 @@ class Generations:
             wake = self._relay.wake_key
             limits = QueueLimits(self._settings.max_queue_depth, self._settings.max_queue_wait)
             gate = admission.gate if admission is not None else None
+            submitted = True
             queued = await self._queue.submit(
                 job, account=account, cost=cost, worker=worker, wake=wake, limits=limits, gate=gate
             )
@@ -400,6 +405,8 @@ class Generations:
         except BaseException:  # the script's answer was lost, if it ran: give back what it took
             subscription.close()
             release(0)
+            if submitted:  # and abort the job it may have queued: its client is told it was not
+                self._abort(request_id)
             raise
         return GenerationHandle(
             job,

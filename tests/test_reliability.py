@@ -4,24 +4,38 @@ error, and the next request succeeds. Real redis-server, gateway and worker proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
+from arq.constants import abort_jobs_ss
 from redis import Redis as SyncRedis
 
-from sluice.contract import WORKERS_KEY, Delta, Failed, Started, decode_event, events_key
+from sluice.contract import (
+    ABORTS_CHANNEL,
+    WORKERS_KEY,
+    Delta,
+    Failed,
+    Started,
+    decode_event,
+    events_key,
+    queue_key,
+)
+from sluice.fairqueue import _ENQUEUE
 from sluice.redis_server import EmbeddedRedis, free_port
 from tests.conftest import MODEL, wait_for_http
+from tests.faults import LosesOneReply, _Proxy
 
 #: Fast failure detection, and slow tokens so that there is time to kill something mid-answer.
 SETTINGS = {
@@ -282,3 +296,47 @@ def test_a_job_whose_worker_died_as_it_took_it_up_runs_again(site: Site) -> None
         answer = waiting.result(60)
     assert answer.status_code == 200
     assert ask(site).status_code == 200
+
+
+P = TypeVar("P", bound=_Proxy)
+
+
+@contextlib.contextmanager
+def proxied(proxy: P) -> Iterator[P]:
+    """``proxy`` serving on a loop of its own, for a test that blocks on HTTP meanwhile."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(proxy.__aenter__(), loop).result(10)
+    try:
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.__aexit__(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_a_request_whose_enqueue_reply_was_lost_is_refused_and_its_job_aborted(site: Site) -> None:
+    """The job may well be queued (the script ran): told "not queued", the client retries, and
+    the first job must not run for nobody beside the retry."""
+    redis = site.redis_client()
+    redis.script_load(_ENQUEUE)  # the gateway's first enqueue is then the script itself, not a miss
+    with proxied(LosesOneReply(site.redis, marker=b"lost-enqueue")) as proxy:
+        env = {**os.environ, **SETTINGS, "REDIS_URL": proxy.url, "SLUICE_PORT": str(site.port)}
+        with (site.logs / "gateway-proxied.log").open("wb") as out:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "sluice", "gateway"], env=env, stdout=out, stderr=out
+            )
+        site.processes.append(gateway)
+        wait_for_http(f"{site.url}/healthz", gateway)
+        aborts = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        aborts.subscribe(ABORTS_CHANNEL)
+        response = httpx.post(site.native_url, json={"prompt": "lost-enqueue"}, timeout=30)
+        assert response.status_code == 503
+        job_id = response.headers["x-request-id"]
+        deadline = time.monotonic() + 10
+        while aborts.get_message(timeout=max(0.0, deadline - time.monotonic())) is None:  # its own ack
+            assert time.monotonic() < deadline, "an abort is announced"
+        assert proxy.lost == 1
+    assert redis.zscore(queue_key(MODEL), job_id) is not None, "the script had queued it"
+    assert redis.zscore(abort_jobs_ss, job_id) is not None, "and it is aborted: no worker will run it"
