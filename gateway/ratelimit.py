@@ -299,6 +299,8 @@ class RateLimiter:
         while True:
             await asyncio.sleep(every)
             try:
-                await self.renew()
-            except (RedisError, OSError) as exc:
+                # Bounded: a half-open connection must not stop the renewals for good.
+                async with asyncio.timeout(every):
+                    await self.renew()
+            except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("rate-limit leases not renewed (Redis unavailable): %s", exc)

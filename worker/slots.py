@@ -17,6 +17,7 @@ record's, is one script (``Claims.finish``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,8 +29,13 @@ from arq.worker import Function
 from sluice.contract import pickup_channel
 from sluice.fairqueue import Claimed, Claims
 from worker.doorbell import Doorbell
+from worker.publish import RIDE_OUT
 
 log = logging.getLogger("sluice.worker")
+
+
+async def _not_ended_yet(job_id: str, error: Exception) -> None:
+    log.warning("job %s not ended yet (Redis unavailable), retrying: %s", job_id, error)
 
 
 class Slots:
@@ -93,6 +99,8 @@ class SlottedWorker(Worker):
                 self._start(job)
             if len(taken) == free:
                 wake.jobs = True  # more may wait, for the next free slot
+            else:  # slots held for the claim are free again: the other queue's loop may want them
+                self._bell.slot_freed()
         if self.allow_abort_jobs and wake.aborts:
             wake.aborts = False
             await self._cancel_aborted_jobs()
@@ -117,7 +125,7 @@ class SlottedWorker(Worker):
         run again with its try counted."""
         call = self._call(job)
         if call is None:
-            await asyncio.shield(self._claims.finish(self.queue_name, job.id, over=True))
+            await asyncio.shield(self._finish(job.id, over=True))
             if self._tries_used(job):
                 await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
@@ -141,7 +149,17 @@ class SlottedWorker(Worker):
             self.jobs_failed += 1
         finally:
             del self.job_tasks[job.id]
-        await asyncio.shield(self._claims.finish(self.queue_name, job.id, over=over))
+        await asyncio.shield(self._finish(job.id, over=over))
+
+    async def _finish(self, job_id: str, *, over: bool) -> None:
+        """The job's end, ridden out over a Redis blip as its events are: one not written leaves
+        the job marked as running here, to be run again once the mark expires (its answer, if it
+        had one, already given)."""
+
+        async def finish() -> None:
+            await self._claims.finish(self.queue_name, job_id, over=over)
+
+        await RIDE_OUT.call_with_retry(finish, functools.partial(_not_ended_yet, job_id))
 
     def _tries_used(self, job: Claimed) -> bool:
         """A job waiting to run (not aborted, not expired) that has used its tries."""
