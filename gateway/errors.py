@@ -181,7 +181,8 @@ def render(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
         error = method_not_allowed(request.method)
     else:
         error = as_sluice_error(exc, request.headers.get("content-type", ""))
-    headers = {"x-should-retry": "true"} if error.retryable else {}
+    # Both SDKs retry a 408, 429 or 5xx unless told not to: an error that would recur says so.
+    headers = {"x-should-retry": "true" if error.retryable else "false"}
     if error.retry_after is not None:
         # Both forms the OpenAI and Cloudflare SDKs read; seconds rounded up, never to zero.
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
