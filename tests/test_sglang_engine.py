@@ -306,3 +306,28 @@ async def test_adapters_are_loaded_on_demand_named_in_generate_and_evicted_lru(
         assert "cannot load" in failure.message
     finally:
         await engine.close()
+
+
+async def test_an_adapter_the_server_already_holds_is_used_not_refused(
+    sglang_double: SGLangDouble, tmp_path: Path
+) -> None:
+    """A sidecar SGLang outlives a worker restart with its adapters registered; SGLang refuses to
+    load a name twice. The new worker must use it, not answer every request for it with a 400."""
+    settings = load_settings(environ={}, overrides={"sglang_url": sglang_double.url})
+    engine = SGLangEngine(SERVED, SGLangOptions.of(settings), max_streams=8, max_adapters=4)
+    kept = adapter_folder(tmp_path, "ft-kept")
+    await engine.start()
+    try:
+        assert (await engine.client.load_lora_adapter("ft-kept", str(kept.path))).success  # the old worker's
+        sglang_double.script(text="still here")
+        generation = engine.submit(
+            "kept-1:1", dataclasses.replace(prepare(GenerationInput(prompt="Hi")), adapter=kept)
+        )
+        seen: list[Output] = []
+        while not seen or isinstance(seen[-1], Delta):
+            seen += await asyncio.wait_for(generation.next_batch(), 30)
+        assert isinstance(seen[-1], Done), seen[-1]
+        assert sent(sglang_double, "kept-1:1")["lora_path"] == "ft-kept"
+    finally:
+        await engine.client.unload_lora_adapter("ft-kept")
+        await engine.close()

@@ -153,6 +153,9 @@ def create_app(state: State) -> Litestar:
         if not (path / "adapter_config.json").is_file():
             failure = {"success": False, "error_message": f"no adapter_config.json in {path}"}
             return Response(failure, status_code=400)
+        if data["lora_name"] in state.loras:  # SGLang refuses a name it holds (LoRAManager)
+            message = f"Failed to load LoRA adapter {data['lora_name']} because it is already loaded"
+            return Response({"success": False, "error_message": message}, status_code=400)
         state.loras[data["lora_name"]] = str(path)
         state.lora_loads.append(data["lora_name"])
         return Response({"success": True, "error_message": None, "loaded_adapters": state.loras})

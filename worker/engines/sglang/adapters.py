@@ -63,7 +63,11 @@ class SGLangAdapters:
 
     async def _load(self, adapter: AdapterFiles) -> None:
         update = await self._client.load_lora_adapter(adapter.name, str(adapter.path))
-        if not update.success:
+        if not update.success and "already" in (update.error_message or ""):
+            # Registered before this worker knew it: a sidecar server outliving a worker restart,
+            # or a load whose reply was lost. Names are finetune ids: the same files.
+            log.info("adapter %s was already registered on the server", adapter.name)
+        elif not update.success:
             # SGLang refuses what its LoRA pool cannot hold (rank, modules) or without --enable-lora.
             reason = update.error_message
             raise bad_input(f"lora: the engine cannot load this adapter: {reason}", param="lora")
@@ -82,8 +86,12 @@ class SGLangAdapters:
 
     async def _unload(self, name: str) -> None:
         try:
-            await self._client.unload_lora_adapter(name)
-        except (SGLangRejected, SGLangUnavailable) as exc:  # it stays registered; harmless
+            update = await self._client.unload_lora_adapter(name)
+            if not update.success:
+                log.warning("adapter %s not unloaded: %s", name, update.error_message)
+        except (SGLangRejected, SGLangUnavailable) as exc:
+            # It may stay registered on the server: a later load of it is answered "already
+            # loaded", which counts as loaded (_load).
             log.warning("adapter %s not unloaded: %s", name, exc)
         finally:
             self._unloading.pop(name, None)

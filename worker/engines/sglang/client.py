@@ -18,6 +18,9 @@ _encode = msgspec.json.Encoder().encode
 _JSON = {"content-type": "application/json"}
 #: SGLang's own health check waits up to 20 s for its one-token generation.
 HEALTH_TIMEOUT = 20.0
+#: A LoRA load reads the adapter from disk and waits its turn behind SGLang's one lock for all
+#: loads and unloads (an unload waits for the adapter's requests to end).
+LORA_TIMEOUT = 120.0
 
 
 class SGLangUnavailable(Exception):
@@ -108,7 +111,12 @@ class SGLangClient:
         return await self._lora("/unload_lora_adapter", {"lora_name": name})
 
     async def _lora(self, route: str, body: dict[str, Any]) -> LoRAUpdate:
-        response = await self._http.post(route, content=_encode(body), headers=_JSON)
+        try:
+            response = await self._http.post(
+                route, content=_encode(body), headers=_JSON, timeout=LORA_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            raise SGLangUnavailable(f"{route}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         if response.status_code not in (200, 400):
             raise SGLangRejected(response.status_code, _message(response.content))
         return msgspec.json.decode(response.content, type=LoRAUpdate)
