@@ -366,5 +366,8 @@ def test_an_uploaded_adapter_changes_the_answer_in_both_apis(gateway: Gateway, t
     listed = {m.id: m for m in client.models.list()}
     assert {MODEL, "tone-a", "tone-b"} <= set(listed), "the account's ready adapters are models too"
     assert (listed["tone-a"].owned_by, getattr(listed["tone-a"], "parent", None)) == (ACCOUNT, MODEL)
+    assert client.models.retrieve("tone-a") == listed["tone-a"], "each listed model can be retrieved"
     other = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.keys[OTHER], max_retries=0)
     assert "tone-a" not in {m.id for m in other.models.list()}, "another account's are not listed"
+    with pytest.raises(openai.NotFoundError):
+        other.models.retrieve("tone-a")

@@ -11,6 +11,7 @@ from gateway.errors import OPENAI_ERRORS
 from gateway.openai.models.protocol import Model, ModelList, ServedBy
 from sluice.adapters import AdapterStore, Finetune
 from sluice.config import ServedModel, Settings
+from sluice.errors import no_such_model
 
 #: Fixed so that listing models is stable across restarts and replicas.
 _CREATED = 1721692800  # 2024-07-23, the Llama 3.1 release
@@ -54,6 +55,19 @@ class ModelsController(Controller):
             cards += [adapter_card(settings.served(f.model), f) for f in ready]
         return ModelList(data=cards)
 
-    @get("/{model:path}", summary="Describe one served model", responses=OPENAI_ERRORS)
-    async def get_model(self, model: FromPath[str], settings: NamedDependency[Settings]) -> Model:
-        return model_card(settings.served(model.lstrip("/")))
+    @get("/{model:path}", summary="Describe one served model or LoRA adapter", responses=OPENAI_ERRORS)
+    async def get_model(
+        self,
+        model: FromPath[str],
+        settings: NamedDependency[Settings],
+        adapters: NamedDependency[AdapterStore],
+        caller: NamedDependency[Caller],
+    ) -> Model:
+        """As listed: a served model, or one of the caller's ready adapters by its name."""
+        name = model.lstrip("/")
+        if name in settings.model_names:
+            return model_card(settings.served(name))
+        found = await adapters.find(caller.account, name)
+        if found is None or not found.ready or found.model not in settings.model_names:
+            raise no_such_model(name)
+        return adapter_card(settings.served(found.model), found)
