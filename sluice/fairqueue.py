@@ -388,11 +388,14 @@ return taken
 
 # KEYS: the queue, the worker's running set, arq's aborted jobs, the job's in-progress, retry and
 # job keys.  ARGV: the job id, '1' if it is over ('' to leave it queued, unmarked, for another
-# claim).  arq's finish_job for a job whose result is not kept, and the job out of the running set.
+# claim), the queue's pickup channel.  arq's finish_job for a job whose result is not kept, and
+# the job out of the running set. A job left queued wakes the queue's workers: one takes it now,
+# not at its next fallback poll (a rolling update hands back every job a stopping worker runs).
 _FINISH = """
 redis.call('SREM', KEYS[2], ARGV[1])
 if ARGV[2] == '' then
-  return redis.call('DEL', KEYS[4])
+  redis.call('DEL', KEYS[4])
+  return redis.call('PUBLISH', ARGV[3], '1')
 end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -460,4 +463,4 @@ class Claims:
         another claim (its try counted)."""
         keys = [queue, self._running, abort_jobs_ss]
         keys += [prefix + job_id for prefix in (in_progress_key_prefix, retry_key_prefix, job_key_prefix)]
-        await self._finish(keys=keys, args=[job_id, "1" if over else ""])
+        await self._finish(keys=keys, args=[job_id, "1" if over else "", pickup_channel(queue)])

@@ -12,7 +12,7 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import accepting_key, claim_receipts_key, direct_queue_key, running_key
+from sluice.contract import accepting_key, claim_receipts_key, direct_queue_key, pickup_channel, running_key
 from sluice.fairqueue import Backlog, Claims, FairQueue, QueueLimits
 from sluice.ids import new_id
 from sluice.multiplex import Multiplexed
@@ -215,7 +215,12 @@ async def test_a_job_ends_over_or_handed_back_for_another_claim(redis: Redis) ->
     taken = await claims.take(QUEUE, 2, mark_ms=60_000)
     assert [job.id for job in taken] == [stopped, done]
     await claims.finish(QUEUE, done, over=True)
-    await claims.finish(QUEUE, stopped, over=False)
+    async with redis.pubsub(ignore_subscribe_messages=True) as bell:
+        await bell.subscribe(pickup_channel(QUEUE))
+        await claims.finish(QUEUE, stopped, over=False)
+        async with asyncio.timeout(5):
+            while await bell.get_message(timeout=5) is None:  # its own ack first
+                pass
     assert await redis.smembers(RUNNING) == set()  # type: ignore[misc]
     assert await redis.zrange(QUEUE, 0, -1) == [stopped.encode()]
     assert not await redis.exists(

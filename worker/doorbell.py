@@ -2,8 +2,9 @@
 
 arq polls its queue on a timer; polling fast enough for the TTFT budget (a few milliseconds)
 costs every idle worker and Redis thousands of round trips a second. Instead whoever queues a job
-publishes on the queue's pickup channel (inside the enqueue script, ``sluice/fairqueue.py``), the
-gateway publishes each abort, and a worker rings its own bell when a slot frees. Each arq
+publishes on the queue's pickup channel (inside the enqueue script, ``sluice/fairqueue.py``), as
+does a worker that hands a job back, the gateway publishes each abort, and a worker rings its own
+bell when a slot frees. Each arq
 ``Worker`` of the process has a :class:`Wake` that says what to look at when it polls: its queue
 when a job was announced there (or may still wait there for a slot), the aborted jobs when one
 was announced. The timer stays as a slow fallback that looks at everything, for the jobs nobody
