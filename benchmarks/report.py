@@ -10,8 +10,47 @@ from benchmarks.machine import summary
 
 Row = dict[str, Any]
 
-#: DESIGN.md: the gateway's CPU per streamed 16-token request.
+#: DESIGN.md's budgets: the gateway's CPU per streamed 16-token request; the time to first token
+#: that gateway and queue add, p50 and p99; the tokens one gateway process relays each second.
 BUDGET_CPU_MS = 1.5
+BUDGET_TTFT_P50_MS = 5.0
+BUDGET_TTFT_P99_MS = 25.0
+BUDGET_RELAY_TOKENS_PER_S = 20_000
+
+
+def _against(value: float, budget: float, *, at_least: bool = False) -> str:
+    met = value >= budget if at_least else value <= budget
+    return f"{value} {'met' if met else 'MISSED'}"
+
+
+def budgets(results: dict[str, list[Row]]) -> list[Row]:
+    """Each measurement against DESIGN.md's budget for it, said plainly: a run's verdict."""
+    rows: list[Row] = []
+    for r in results.get("overhead", []):
+        where = f"overhead @ {r['rate']:g} req/s, {r.get('auth', 'open')}"
+        rows.append(
+            {
+                "measured": f"{where}: added TTFT p50 ms",
+                "verdict": _against(r["added_ttft_p50_ms"], BUDGET_TTFT_P50_MS),
+            }
+        )
+        rows.append(
+            {
+                "measured": f"{where}: added TTFT p99 ms",
+                "verdict": _against(r["added_ttft_p99_ms"], BUDGET_TTFT_P99_MS),
+            }
+        )
+        rows.append(
+            {
+                "measured": f"{where}: gateway CPU ms/request",
+                "verdict": _against(r["gateway_cpu_ms_per_request"], BUDGET_CPU_MS),
+            }
+        )
+    if relay := results.get("relay", []):
+        best = max(r["tokens_per_s"] for r in relay)
+        verdict = _against(best, BUDGET_RELAY_TOKENS_PER_S, at_least=True)
+        rows.append({"measured": "relay: most tokens/s one gateway process relayed", "verdict": verdict})
+    return rows
 
 
 def markdown(results: dict[str, list[Row]], facts: dict[str, Any]) -> str:
@@ -91,8 +130,11 @@ def _save(figure: Any, path: Path) -> Path:
 
 def write(results: dict[str, list[Row]], facts: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps({"machine": facts, **results}, indent=2))
-    (folder / "results.md").write_text(markdown(results, facts))
+    verdicts = budgets(results)
+    (folder / "results.json").write_text(
+        json.dumps({"machine": facts, **results, "budgets": verdicts}, indent=2)
+    )
+    (folder / "results.md").write_text(markdown({**results, "budgets": verdicts}, facts))
     for path in plot(results, folder):
         print(f"wrote {path}")
     print(f"wrote {folder / 'results.json'} and {folder / 'results.md'}")
