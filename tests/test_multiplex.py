@@ -49,16 +49,28 @@ async def test_an_error_reply_is_raised_to_its_caller_only(connection: Multiplex
     assert results[2] == b"after"
 
 
+@pytest.mark.parametrize(
+    ("settings", "caller_bound", "gives_up_with"),
+    [
+        ({"stalled_after": 0.2}, 0.5, TimeoutError),  # as the gateway gives up on Redis
+        ({"timeout": 0.5}, 5.0, RedisTimeoutError),  # a worker's claims, the relay's reads: none
+    ],
+    ids=["the-caller-gives-up", "the-connection-gives-up"],
+)
 async def test_a_connection_gone_silent_is_dropped_and_the_next_command_answered(
     redis_server: EmbeddedRedis,
+    settings: dict[str, float],
+    caller_bound: float,
+    gives_up_with: type[Exception],
 ) -> None:
-    """A half-open connection must not hold every later command until its caller's timeout."""
+    """A half-open connection must not hold every later command: neither until the caller's own
+    timeout, nor, for a caller that sets none, for ever."""
     async with GoesSilent(redis_server) as proxy:
-        connection = Multiplexed.from_url(proxy.url, stalled_after=0.2)
+        connection = Multiplexed.from_url(proxy.url, **settings)
         assert await connection.execute("PING") == b"PONG"
         proxy.silence()
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.5):  # as the gateway gives up on Redis
+        with pytest.raises(gives_up_with):
+            async with asyncio.timeout(caller_bound):
                 await connection.execute("PING")
         async with asyncio.timeout(5):
             assert await connection.execute("ECHO", "answered") == b"answered"
@@ -70,22 +82,6 @@ async def test_a_command_that_cannot_be_sent_leaves_the_others_in_step(connectio
         await connection.execute("SET", "sluice:test:none", None)  # type: ignore[arg-type]  # as a bug might
     async with asyncio.timeout(5):
         assert await connection.execute("ECHO", "mine") == b"mine"
-
-
-async def test_callers_without_a_timeout_are_not_held_by_a_silent_connection(
-    redis_server: EmbeddedRedis,
-) -> None:
-    """A worker's claims and the relay's reads set no timeout of their own: the connection's."""
-    async with GoesSilent(redis_server) as proxy:
-        connection = Multiplexed.from_url(proxy.url, timeout=0.5)
-        assert await connection.execute("PING") == b"PONG"
-        proxy.silence()
-        with pytest.raises(RedisTimeoutError):
-            async with asyncio.timeout(5):  # the test's bound, not the caller's
-                await connection.execute("PING")
-        async with asyncio.timeout(5):
-            assert await connection.execute("ECHO", "answered") == b"answered"
-        await connection.aclose()
 
 
 async def test_scripts_run_again_after_redis_restarts_without_them() -> None:
