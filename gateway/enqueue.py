@@ -15,8 +15,6 @@ import time
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.jobs import serialize_job
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from sluice.contract import (
@@ -31,15 +29,9 @@ from sluice.contract import (
 from sluice.fairqueue import Backlog, Enqueued, FairQueue, Gate, QueueLimits
 from sluice.multiplex import Multiplexed
 from sluice.registry import live_slots
+from sluice.retry import ride_out
 
 log = logging.getLogger("sluice.gateway.enqueue")
-
-#: About 6 s of backoff: an abort outlives a Redis restart, not an outage.
-ABORT_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10)
-
-
-async def _retrying(error: Exception) -> None:
-    log.info("abort not sent yet (Redis unavailable), retrying: %s", error)
 
 
 class JobQueue:
@@ -94,7 +86,7 @@ class JobQueue:
                 await pipe.execute()
 
         try:
-            await ABORT_RETRY.call_with_retry(abort, _retrying)
+            await ride_out(abort, f"job {job_id}'s abort", log)
         except (RedisError, OSError) as error:
             log.warning("job %s not aborted (Redis unavailable): %s", job_id, error)
 

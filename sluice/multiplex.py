@@ -8,7 +8,7 @@ per script call on the build VM, against 90 µs here. Here a command is packed b
 written at once; Redis answers a connection's commands in the order they came, so one reader
 hands the replies back in that order, each to the caller whose command it answers.
 
-Retries stay with the callers (the publisher's ``Retry``), and so do timeouts, but where the
+Retries stay with the callers (``sluice/retry.py``), and so do timeouts, but where the
 callers set none: there the connection has its own (``timeout``). A caller that gives up (cancelled)
 leaves its reply to be read and dropped, so the connection stays in step: redis-py's client must
 instead drop a connection whose reply was not read. A lost connection fails every command

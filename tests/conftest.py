@@ -39,6 +39,19 @@ def redis_server() -> Iterator[EmbeddedRedis]:
         yield server
 
 
+#: The database of the tests that read and write Redis's keys directly, emptied for each test.
+#: (The running stacks each have a database of their own: 0, and 1 to 14.)
+SCRATCH_DB = 15
+
+
+@pytest.fixture
+async def scratch_redis(redis_server: EmbeddedRedis) -> AsyncIterator[AsyncRedis]:
+    client = AsyncRedis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
 def wait_until_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
     if wait_ready(url, processes, timeout):
         return

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
@@ -18,6 +17,7 @@ from sluice.ids import new_id
 from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
 from sluice.registry import deregister
+from tests.conftest import SCRATCH_DB
 from tests.faults import LosesOneReply
 
 QUEUE = "sluice:queue:fair-test"
@@ -26,11 +26,8 @@ RUNNING = running_key(WORKER)
 
 
 @pytest.fixture
-async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
-    await client.flushdb()
-    yield client
-    await client.aclose()
+async def redis(scratch_redis: Redis) -> Redis:
+    return scratch_redis
 
 
 async def enqueue(
@@ -250,7 +247,7 @@ async def test_a_claim_whose_reply_was_lost_is_answered_again(
         now_ms=now_ms,
     )
     async with LosesOneReply(redis_server, marker=QUEUE.encode()) as proxy:
-        through = Multiplexed.from_url(f"{proxy.url}/7")  # the fixture's database; a worker's connection
+        through = Multiplexed.from_url(f"{proxy.url}/{SCRATCH_DB}")  # the fixture's; a worker's connection
         claims = Claims(through, WORKER)
         await claims.take("sluice:queue:warm-up", 1, mark_ms=60_000)  # the script loaded: it runs
         with pytest.raises(RedisError):

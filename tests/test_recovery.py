@@ -4,7 +4,6 @@ belongs, whichever process finds it dead, and arq's abort set does not grow for 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from arq.constants import abort_jobs_ss
@@ -14,15 +13,11 @@ from sluice.contract import JOB_EXPIRES_MS, WORKERS_KEY, accepting_key, direct_q
 from sluice.fairqueue import FairQueue
 from sluice.ids import new_id
 from sluice.recovery import Recovery, recover_worker
-from sluice.redis_server import EmbeddedRedis
 
 
 @pytest.fixture
-async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/8")
-    await client.flushdb()
-    yield client
-    await client.aclose()
+async def redis(scratch_redis: Redis) -> Redis:
+    return scratch_redis
 
 
 async def test_a_dead_workers_routed_jobs_go_back_to_its_own_models_queue(redis: Redis) -> None:

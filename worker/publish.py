@@ -14,28 +14,18 @@ import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from sluice.contract import Event, Started
 from sluice.events import EventLog, Settlement
 from sluice.multiplex import Multiplexed
+from sluice.retry import ride_out
 
 log = logging.getLogger("sluice.worker.publish")
-
-
-#: redis-py's retry helper: about 6 s of exponential backoff on connection errors, then give up
-#: (by then the gateway has ended the streams it relays with a 503 error).
-RIDE_OUT = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _not_yet(error: Exception) -> None:
-    log.warning("events not written yet (Redis unavailable), retrying: %s", error)
 
 
 class EventPublisher:
@@ -50,17 +40,9 @@ class EventPublisher:
     ``interval``. A job awaits its own publish, so its events stay in order.
     """
 
-    def __init__(
-        self,
-        redis: Redis | Multiplexed,
-        ttl_seconds: int,
-        retry: Retry | None = None,
-        *,
-        interval: float = 0.0,
-    ) -> None:
+    def __init__(self, redis: Redis | Multiplexed, ttl_seconds: int, *, interval: float = 0.0) -> None:
         self._log = EventLog(redis, ttl_seconds, writer=uuid.uuid4().hex)
         self._writes = itertools.count(1)
-        self._retry = retry or RIDE_OUT
         self._interval = interval
         self._last_write = -interval
         self._hurry: asyncio.Future[None] | None = None  # set: stop waiting for the interval
@@ -126,9 +108,7 @@ class EventPublisher:
             # Retried (same entries, in order, under the same number: one Redis had applied before
             # the connection failed is not applied again): a Redis restarting with its append-only
             # file comes back within seconds, and the streams in flight carry on where they were.
-            await self._retry.call_with_retry(
-                lambda: self._log.append(pending, write=write, settle=settles), _not_yet
-            )
+            await ride_out(lambda: self._log.append(pending, write=write, settle=settles), "events", log)
         except Exception as exc:
             for waiter in waiters:
                 if not waiter.done():

@@ -17,7 +17,6 @@ record's, is one script (``Claims.finish``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,14 +27,10 @@ from arq.worker import Function
 
 from sluice.contract import pickup_channel
 from sluice.fairqueue import Claimed, Claims
+from sluice.retry import ride_out
 from worker.doorbell import Doorbell
-from worker.publish import RIDE_OUT
 
 log = logging.getLogger("sluice.worker")
-
-
-async def _not_ended_yet(job_id: str, error: Exception) -> None:
-    log.warning("job %s not ended yet (Redis unavailable), retrying: %s", job_id, error)
 
 
 class Slots:
@@ -156,10 +151,9 @@ class SlottedWorker(Worker):
         the job marked as running here, to be run again once the mark expires (its answer, if it
         had one, already given)."""
 
-        async def finish() -> None:
-            await self._claims.finish(self.queue_name, job_id, over=over)
-
-        await RIDE_OUT.call_with_retry(finish, functools.partial(_not_ended_yet, job_id))
+        await ride_out(
+            lambda: self._claims.finish(self.queue_name, job_id, over=over), f"job {job_id}'s end", log
+        )
 
     def _tries_used(self, job: Claimed) -> bool:
         """A job waiting to run (not aborted, not expired) that has used its tries."""
