@@ -36,7 +36,7 @@ from gateway.tokens import PromptCounter
 from sluice import __version__
 from sluice.adapters import AdapterStore
 from sluice.config import Settings
-from sluice.contract import deserialize_arq_job, queue_key, serialize_arq_job
+from sluice.contract import deserialize_arq_job, inbox_key, queue_key, serialize_arq_job
 from sluice.keys import KeyStore, load_file
 from sluice.multiplex import Multiplexed
 from sluice.recovery import Recovery
@@ -84,13 +84,18 @@ def create_app(settings: Settings) -> Litestar:
         file_keys = load_file(settings.keys_file) if settings.keys_file else None
         redis = connect(redis_url)
         enqueues = Multiplexed(redis.connection_pool)  # each request's one command on its way in
-        relay = StreamRelay(
-            redis_url, control=redis, coalesce_above=settings.coalesce_above, coalesce_ms=settings.coalesce_ms
-        )
-        await relay.start()
         # This process's presence tells workers its jobs still have a reader; the recovery sweep
         # ends or re-runs the jobs of killed workers even when no other worker is left to do it.
+        # Its jobs carry its id, and their first events come to its relay's inbox by it.
         gateway_id = uuid.uuid4().hex[:12]
+        relay = StreamRelay(
+            redis_url,
+            control=redis,
+            inbox=inbox_key(gateway_id),
+            coalesce_above=settings.coalesce_above,
+            coalesce_ms=settings.coalesce_ms,
+        )
+        await relay.start()
         ttl = settings.heartbeat_ttl
         background = [
             asyncio.create_task(gateway_presence(redis, gateway_id, ttl)),

@@ -47,16 +47,15 @@ class JobQueue:
         account: str,
         cost: int,
         worker: str | None = None,
-        wake: str | None = None,
         limits: QueueLimits | None = None,
         gate: Gate | None = None,
     ) -> Enqueued:
         """Queue ``job`` at ``account``'s place; ``cost`` (its tokens) moves that place on. With
         ``worker``, on that worker's own queue (``gateway/routing.py``) if it still takes jobs,
-        else on the model's. ``wake``: a relay's wake stream, appended to in the same script.
-        ``limits``: refused instead (nothing queued) if the model's queue is past them ahead of
-        it, checked in the same script (backpressure costs no round trip of its own). ``gate``:
-        only if it admits the job, also in the same script (rate limits, ``gateway/ratelimit.py``)."""
+        else on the model's. ``limits``: refused instead (nothing queued) if the model's queue
+        is past them ahead of it, checked in the same script (backpressure costs no round trip
+        of its own). ``gate``: only if it admits the job, also in the same script (rate limits,
+        ``gateway/ratelimit.py``)."""
         enqueued_ms = int(job.enqueued_at * 1000)
         data = serialize_job(GENERATE, (encode(job),), {}, None, enqueued_ms, serializer=serialize_arq_job)
         return await self._fair.enqueue(
@@ -69,7 +68,6 @@ class JobQueue:
             account=account,
             cost=cost,
             now_ms=enqueued_ms,
-            wake=wake,
             limits=limits,
             gate=gate,
         )

@@ -379,18 +379,17 @@ class Generations:
             gateway=self._gateway_id,
             reservation=reservation,
         )
-        subscription = self._relay.subscribe(job.id, wake=False)  # the enqueue wakes the relay
+        subscription = self._relay.subscribe(job.id)
         submitted = False
         try:
             # Scoped by account: one tenant's session ids cannot steer another's.
             pinned = f"{account}:{session}" if session is not None else None
             worker = await self._router.route(model, adapter, pinned)
-            wake = self._relay.wake_key
             limits = QueueLimits(self._settings.max_queue_depth, self._settings.max_queue_wait)
             gate = admission.gate if admission is not None else None
             submitted = True
             queued = await self._queue.submit(
-                job, account=account, cost=cost, worker=worker, wake=wake, limits=limits, gate=gate
+                job, account=account, cost=cost, worker=worker, limits=limits, gate=gate
             )
             if admission is not None:
                 assert queued.gate is not None

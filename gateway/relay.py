@@ -2,10 +2,17 @@
 
 One blocking XREAD per request would need a Redis connection per open stream (redis-py's pool
 stops at 100) and caps throughput near 13k tok/s; one XREAD over all streams, handing entries to
-per-request queues, does not (DESIGN.md, Budgets). A new subscription must join the read in
-progress, so each process also reads its own *wake stream*: subscribing appends to it, which ends
-the blocked XREAD at once, and the next XREAD includes the new job stream. Streams are read from
-their first entry, so nothing a worker wrote before the subscription joined is missed.
+per-request queues, does not (DESIGN.md, Budgets). A stream is read from its first entry, so
+nothing a worker wrote before the stream joined the read is missed.
+
+A new job's stream is not in the read in progress, and restarting that read to take it in would
+cost a round trip before its first token could arrive. Instead each process reads its own
+*inbox* in every read: a job's first write is copied there (``sluice/events.py``), and its
+stream joins the reads that follow, from the copy's last entry. A stream whose first write was not
+copied (a worker from before inboxes, during a rolling update) is still read, within
+``UNJOINED_BLOCK_MS`` (or the coalescing interval, below, while busy): no read blocks longer
+while a stream has had no event, and one already blocked when such a stream is subscribed is woken
+once that time has passed.
 
 A subscriber that falls behind (its queue above ``HIGH_WATER``) is left out of the reads until its
 reader takes what is queued, so a slow client holds its backlog in Redis, not in gateway memory.
@@ -15,8 +22,8 @@ sent), so a read per arriving token is most of the gateway's CPU per token. Whil
 busy (above ``coalesce_above`` events a second) it reads at most once per ``coalesce_ms``: each
 read then takes many streams' tokens, and each stream's tokens since its last frame leave as one
 frame. Below that rate every token is read and sent as it comes. The wait between reads is a
-read of the streams that have had no event yet, so a new stream's first token goes out as it
-comes (time to first token is never held back) and the wait goes on.
+read of the inbox alone, so a new stream's first token goes out as it comes (time to first token
+is never held back) and the wait goes on.
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sluice.contract import Event, decode_event, events_key
+from sluice.contract import (
+    INBOX_MAXLEN,
+    INBOX_STREAM_FIELD,
+    Event,
+    decode_event,
+    events_key,
+    inbox_key,
+)
 from sluice.errors import internal, queue_unavailable
 from sluice.events import failed
 from sluice.multiplex import Multiplexed
@@ -40,6 +54,8 @@ log = logging.getLogger("sluice.gateway.relay")
 HIGH_WATER = 256
 #: Upper bound on one XREAD's wait; wakes make it return earlier whenever the stream set changes.
 BLOCK_MS = 5_000
+#: ... and while a stream has had no event (its first write may not come through the inbox).
+UNJOINED_BLOCK_MS = 100
 #: Entries taken per stream per read.
 COUNT = 512
 #: Seconds of Redis outage after which open streams end with an error instead of waiting on.
@@ -104,13 +120,23 @@ class Subscription:
 
 class StreamRelay:
     def __init__(
-        self, redis_url: str, control: Redis, *, coalesce_above: int = 0, coalesce_ms: float = 0.0
+        self,
+        redis_url: str,
+        control: Redis,
+        *,
+        inbox: str | None = None,
+        coalesce_above: int = 0,
+        coalesce_ms: float = 0.0,
     ) -> None:
+        """``inbox``: this process's (``sluice.contract.inbox_key`` of the gateway id its jobs
+        carry); a fresh one by default."""
         # Its own connection: the relay spends most of its life blocked in XREAD.
         self._reader = Multiplexed.from_url(redis_url, timeout=BLOCK_MS / 1000 + LATE_REPLY)
         self._control = control
-        self._wake_key = f"sluice:wake:{uuid.uuid4().hex}".encode()
-        self._wake_id = b"0-0"
+        self._inbox = (inbox or inbox_key(uuid.uuid4().hex)).encode()
+        self._inbox_id = b"0-0"
+        self._blocking = 0  # ms: how long the read in progress may block
+        self._unjoined_check: asyncio.TimerHandle | None = None
         self._wake_pending = False
         self._subscriptions: dict[bytes, Subscription] = {}
         self._task: asyncio.Task[None] | None = None
@@ -125,27 +151,39 @@ class StreamRelay:
         self._task = asyncio.create_task(self._run(), name="sluice-relay")
 
     async def close(self) -> None:
+        if self._unjoined_check is not None:
+            self._unjoined_check.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(RedisError):
-            await self._control.delete(self._wake_key)
+            await self._control.delete(self._inbox)
         await self._reader.aclose()
 
     @property
-    def wake_key(self) -> str:
-        """This relay's wake stream: appending to it ends the XREAD in progress."""
-        return self._wake_key.decode()
+    def inbox(self) -> str:
+        """This relay's inbox: where its jobs' first writes are copied; appending to it ends the
+        XREAD in progress."""
+        return self._inbox.decode()
 
-    def subscribe(self, job_id: str, *, wake: bool = True) -> Subscription:
-        """Follow ``job_id``'s events from its first. ``wake=False``: the caller appends to
-        :attr:`wake_key` itself (the enqueue script does, in the same round trip)."""
+    def subscribe(self, job_id: str) -> Subscription:
+        """Follow ``job_id``'s events from its first: its first write comes through the inbox,
+        and its stream joins the reads from there."""
         subscription = Subscription(self, job_id)
         self._subscriptions[subscription.key] = subscription
-        if wake:
-            self.wake()
+        if self._blocking > UNJOINED_BLOCK_MS and self._unjoined_check is None:
+            delay = UNJOINED_BLOCK_MS / 1000
+            self._unjoined_check = asyncio.get_running_loop().call_later(delay, self._check_unjoined)
         return subscription
+
+    def _check_unjoined(self) -> None:
+        """The long read subscribed streams found in progress is still blocked: if one of them
+        has had no event, wake it (its first write may not have come through the inbox)."""
+        self._unjoined_check = None
+        unjoined = any(subscription.last_id == b"0-0" for subscription in self._subscriptions.values())
+        if unjoined and self._blocking > UNJOINED_BLOCK_MS:
+            self.wake()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.pop(subscription.key, None)
@@ -162,8 +200,8 @@ class StreamRelay:
     async def _send_wake(self) -> None:
         try:
             async with self._control.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=1, approximate=False)
-                pipe.expire(self._wake_key, 3600)
+                pipe.xadd(self._inbox, {b"w": b"1"}, maxlen=INBOX_MAXLEN, approximate=True)
+                pipe.expire(self._inbox, 3600)
                 await pipe.execute()
         except RedisError as exc:
             log.warning("relay wake failed: %s", exc)
@@ -177,13 +215,15 @@ class StreamRelay:
             self._busy = self._busy_above > 0 and rate > self._busy_above
             self._counted, self._counted_since = 0, now
 
-    def _streams(self, *, fresh: bool = False) -> dict[bytes, bytes]:
-        """What a read takes: the wake stream and every stream not paused; ``fresh``: only those
-        that have had no event yet."""
-        streams = {self._wake_key: self._wake_id}
+    def _streams(self) -> dict[bytes, bytes]:
+        """What a read takes: the inbox and every stream not paused; sets how long it may block."""
+        streams = {self._inbox: self._inbox_id}
+        self._blocking = BLOCK_MS
         for key, subscription in self._subscriptions.items():
-            if not subscription.paused and not (fresh and subscription.last_id != b"0-0"):
+            if not subscription.paused:
                 streams[key] = subscription.last_id
+                if subscription.last_id == b"0-0":
+                    self._blocking = UNJOINED_BLOCK_MS
         return streams
 
     def _fail_all(self) -> None:
@@ -196,10 +236,14 @@ class StreamRelay:
     async def _run(self) -> None:
         failing_since: float | None = None
         while True:
-            # Reset before taking the stream set: any subscription from here on sends a new wake.
+            # Reset before taking the stream set: a subscriber resuming from here on wakes the read.
             self._wake_pending = False
             try:
-                response = await _xread(self._reader, self._streams(), BLOCK_MS)
+                streams = self._streams()
+                try:
+                    response = await _xread(self._reader, streams, self._blocking)
+                finally:
+                    self._blocking = 0
                 self._count(self._deliver(response))
                 if self._busy:
                     await self._hold()
@@ -219,30 +263,50 @@ class StreamRelay:
 
     async def _hold(self) -> None:
         """Let the next read gather more tokens, for the interval. The wait is itself a read, of
-        the streams that have had no event yet (and the wake stream): a new stream's first token
-        is delivered at once, so coalescing never holds back a time to first token, and the wait
-        goes on for what is left of the interval (ending it there would make the full read the
-        interval exists to space out follow every first token: at 200 streams a second, two or
-        three reads and frames per stream where one would do)."""
+        the inbox: a new stream's first token is delivered at once, so coalescing never holds
+        back a time to first token, and the wait goes on for what is left of the interval."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self._interval
         while (left := until - loop.time()) > 0.0005:
-            self._wake_pending = False  # as in _run: a subscription from here on wakes this read
-            response = await _xread(self._reader, self._streams(fresh=True), max(1, round(left * 1000)))
+            inbox = {self._inbox: self._inbox_id}
+            response = await _xread(self._reader, inbox, max(1, round(left * 1000)))
             self._count(self._deliver(response))
 
     def _deliver(self, response: Entries) -> int:
-        """Hand a read's entries to their subscriptions; how many there were."""
+        """Hand a read's entries to their subscriptions; how many there were. The inbox first: a
+        stream read from its start in the same reply then skips what its copy delivered."""
         relayed = 0
+        joined: dict[bytes, bytes] = {}  # stream -> the last entry its copy delivered
         for key, entries in response:
-            if key == self._wake_key:
-                self._wake_id = entries[-1][0]
-                continue
+            if key == self._inbox:
+                relayed += self._from_inbox(entries, joined)
+        for key, entries in response:
             subscription = self._subscriptions.get(key)
             if subscription is None:
                 continue
+            if (copied := joined.get(key)) is not None:
+                ids = [entry_id for entry_id, _ in entries]
+                entries = entries[ids.index(copied) + 1 :] if copied in ids else entries
             for entry_id, (_field, value) in entries:  # one field per entry, EVENT_FIELD
                 subscription.last_id = entry_id
                 subscription.deliver(_decoded(key, value))
             relayed += len(entries)
+        return relayed
+
+    def _from_inbox(self, entries: list[tuple[bytes, list[bytes]]], joined: dict[bytes, bytes]) -> int:
+        """Deliver the first writes copied to the inbox, to streams that have had no event yet
+        (those that have were read from their stream, in this reply or before it)."""
+        relayed = 0
+        self._inbox_id = entries[-1][0]
+        for _entry_id, fields in entries:
+            if len(fields) < 4 or fields[0] != INBOX_STREAM_FIELD:
+                continue  # a wake-up
+            key, last = fields[1], fields[3]
+            subscription = self._subscriptions.get(key)
+            if subscription is None or subscription.last_id != b"0-0":
+                continue
+            for value in fields[5::2]:
+                subscription.deliver(_decoded(key, value))
+            subscription.last_id = joined[key] = last
+            relayed += len(fields) // 2 - 2
         return relayed

@@ -24,6 +24,13 @@ from msgspec import Meta, Struct
 GENERATE = "generate"
 #: The single field of every stream entry; its value is an encoded :data:`Event`.
 EVENT_FIELD = b"e"
+#: In a gateway's inbox (:func:`inbox_key`), the field naming the job stream whose first write an
+#: entry copies, and the field with that write's last entry id; its events follow, each an
+#: :data:`EVENT_FIELD`. An entry without them only wakes the relay.
+INBOX_STREAM_FIELD = b"k"
+INBOX_LAST_FIELD = b"i"
+#: Entries an inbox keeps (about): far more than a relay takes in one read.
+INBOX_MAXLEN = 10_000
 #: Sorted set: worker id -> last heartbeat (ms since the epoch).
 WORKERS_KEY = "sluice:workers"
 
@@ -123,6 +130,13 @@ def fair_tags_key(queue: str) -> str:
 def fair_clock_key(queue: str) -> str:
     """A queue's virtual clock: the tag of the latest job a worker started (one member, ``v``)."""
     return f"sluice:fair:clock:{queue}"
+
+
+def inbox_key(gateway_id: str) -> str:
+    """A gateway process's inbox, the stream its relay always reads: each of its jobs' first
+    write is copied there (``sluice/events.py``), so a first token comes in the read already
+    waiting, not in one the relay must start again to include a new job's stream."""
+    return f"sluice:inbox:{gateway_id}"
 
 
 def gateway_key(gateway_id: str) -> str:

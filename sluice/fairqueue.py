@@ -100,13 +100,11 @@ return {backlog(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
 )
 
 # KEYS: the model's queue, job key, its tags, its clock; a worker's own queue, its tags, its
-# clock, and that worker's accepting key (the model's four again when not routed); the gateway
-# relay's wake stream (appended to, so its XREAD takes in the job's stream at once; or the
-# queue again, and ARGV[12] empty, for none).
+# clock, and that worker's accepting key (the model's four again when not routed).
 # ARGV: job id, job data, job data TTL (ms), account, cost (tokens), now (ms), MS_PER_TOKEN,
-# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, whether to wake (1 or ''),
-# OLDEST_AMONG, and the queues' limits: how many may wait ahead ('' for no limit) and how long
-# the oldest of them may have waited (ms), checked on the queue the job would go to.
+# STATE_TTL_MS, CLOCK_LEAD_MS, the two queues' pickup channels, OLDEST_AMONG, and the queues'
+# limits: how many may wait ahead ('' for no limit) and how long the oldest of them may have
+# waited (ms), checked on the queue the job would go to.
 # Returns the tag and whether the job went to the worker's queue (the workers of the queue it
 # went to are woken); or, refused for the limits, '' and backlog()'s three, nothing written.
 # Routed only while the worker accepts, checked here, atomically: a worker that drains, stops or
@@ -118,10 +116,10 @@ _ENQUEUE_FN = (
     _BACKLOG_OF
     + """
 local function refusal(queue, tags, clock_key, ARGV)
-  if ARGV[14] == '' then return nil end
-  local running, waiting, oldest = backlog(queue, tags, clock_key, ARGV[4], ARGV[6], ARGV[13], ARGV[7])
+  if ARGV[13] == '' then return nil end
+  local running, waiting, oldest = backlog(queue, tags, clock_key, ARGV[4], ARGV[6], ARGV[12], ARGV[7])
   local waited = oldest and tonumber(ARGV[6]) - oldest or 0
-  if waiting >= tonumber(ARGV[14]) or waited >= tonumber(ARGV[15]) then
+  if waiting >= tonumber(ARGV[13]) or waited >= tonumber(ARGV[14]) then
     return {'', running, waiting, oldest}
   end
   return nil
@@ -149,10 +147,6 @@ local function enqueue(KEYS, ARGV)
   redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[2])
   redis.call('ZADD', queue, string.format('%.17g', tag), ARGV[1])
   redis.call('PUBLISH', channel, '1')
-  if ARGV[12] ~= '' then
-    redis.call('XADD', KEYS[9], 'MAXLEN', '1', '*', 'w', '1')
-    redis.call('EXPIRE', KEYS[9], 3600)
-  end
   return {string.format('%.17g', tag), routed}
 end
 """
@@ -271,7 +265,6 @@ class FairQueue:
         account: str,
         cost: int,
         now_ms: int,
-        wake: str | None = None,
         limits: QueueLimits | None = None,
         gate: Gate | None = None,
     ) -> Enqueued:
@@ -286,9 +279,9 @@ class FairQueue:
             routed = [direct, fair_tags_key(direct), fair_clock_key(direct), accepting_key(worker)]
         args: list[bytes | str | int | float]
         args = [job_id, data, expires_ms, account, cost, now_ms, MS_PER_TOKEN, STATE_TTL_MS, CLOCK_LEAD_MS]
-        args += [pickup_channel(queue), pickup_channel(direct), "1" if wake else "", OLDEST_AMONG]
+        args += [pickup_channel(queue), pickup_channel(direct), OLDEST_AMONG]
         args += [limits.depth, int(limits.wait * 1000)] if limits is not None else ["", ""]
-        keys = [*shared, *routed, wake or queue]
+        keys = [*shared, *routed]
         if gate is None:
             return _enqueued(await self._enqueue(keys=keys, args=args), now_ms)
         script = self._gated.get(gate.lua) or self._gated.setdefault(

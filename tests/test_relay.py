@@ -69,15 +69,73 @@ async def test_events_written_before_subscribing_are_replayed(relay: StreamRelay
     subscription.close()
 
 
-async def test_a_new_subscription_wakes_a_blocked_read(relay: StreamRelay, redis: Redis) -> None:
-    idle = relay.subscribe("idle")  # the reader is now blocked on it, for up to ten minutes
-    await asyncio.sleep(0)
+async def test_a_new_jobs_first_events_reach_a_blocked_read_through_its_inbox(
+    relay: StreamRelay, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "UNJOINED_BLOCK_MS", 600_000)  # nothing else ends the read
+    idle = relay.subscribe("idle")
+    await asyncio.sleep(0)  # the reader is now blocked, for up to ten minutes
     late = relay.subscribe("late")
-    await EventPublisher(redis, ttl_seconds=60).publish("late", [Delta(text="hi", tokens=1)])
+    publisher = EventPublisher(redis, ttl_seconds=60)
+    await publisher.publish("late", [Delta(text="hi", tokens=1)], inbox=relay.inbox)
     async with asyncio.timeout(10):
         assert await late.next() == [Delta(text="hi", tokens=1)]
+        await publisher.publish("late", [Delta(text="then", tokens=1)], inbox=relay.inbox)
+        assert await late.next() == [Delta(text="then", tokens=1)]  # from its own stream, joined
     idle.close()
     late.close()
+
+
+async def test_a_stream_whose_first_write_skipped_the_inbox_is_still_relayed(
+    relay: StreamRelay, redis: Redis
+) -> None:
+    """As a worker from before inboxes writes, during a rolling update."""
+    idle = relay.subscribe("idle")
+    await asyncio.sleep(0)  # the reader is now blocked, for up to ten minutes
+    older = relay.subscribe("older")
+    await EventPublisher(redis, ttl_seconds=60).publish("older", [Delta(text="hi", tokens=1)])
+    async with asyncio.timeout(10):
+        assert await older.next() == [Delta(text="hi", tokens=1)]
+    idle.close()
+    older.close()
+
+
+async def test_a_first_write_read_from_its_stream_is_not_relayed_again_from_the_inbox(
+    relay: StreamRelay, redis: Redis
+) -> None:
+    publisher = EventPublisher(redis, ttl_seconds=60)
+    twice = relay.subscribe("twice")  # read from its start by every read now, as it has no event
+    probe = relay.subscribe("probe")
+    await publisher.publish("probe", [Delta(text="read", tokens=1)])
+    async with asyncio.timeout(10):
+        await probe.next()  # the reads take in "twice" from its start now; the next one also its copy
+        await publisher.publish("twice", [Delta(text="once", tokens=1)], inbox=relay.inbox)
+        assert await twice.next() == [Delta(text="once", tokens=1)]
+        done = Done(finish_reason="stop", usage=Usage())
+        await publisher.publish("twice", [done])
+        assert await twice.next() == [done]
+    twice.close()
+    probe.close()
+
+
+async def test_a_first_write_read_from_the_inbox_and_its_stream_in_one_reply_is_relayed_once(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    """As when the write lands between two reads: the next one finds it in both."""
+    relay = StreamRelay(redis_server.url, control=redis)
+    publisher = EventPublisher(redis, ttl_seconds=60)
+    both = relay.subscribe("both")
+    await publisher.publish("both", [Delta(text="once", tokens=1)], inbox=relay.inbox)
+    await relay.start()  # its first read: the inbox and the stream, each from its start
+    try:
+        async with asyncio.timeout(10):
+            assert await both.next() == [Delta(text="once", tokens=1)]
+            done = Done(finish_reason="stop", usage=Usage())
+            await publisher.publish("both", [done])
+            assert await both.next() == [done]
+    finally:
+        both.close()
+        await relay.close()
 
 
 async def test_many_streams_each_get_their_own_events_in_order(relay: StreamRelay, redis: Redis) -> None:
@@ -165,7 +223,7 @@ async def test_a_busy_relay_reads_a_new_streams_first_token_at_once(
             await busy.next()
             await asyncio.sleep(0.3)  # the relay measures its rate over tenths of a second: now busy
             new = relay.subscribe("new")
-            await publisher.publish("new", [Delta(text="first", tokens=1)])
+            await publisher.publish("new", [Delta(text="first", tokens=1)], inbox=relay.inbox)
             async with asyncio.timeout(10):
                 assert await new.next() == [Delta(text="first", tokens=1)]
         finally:
@@ -173,7 +231,7 @@ async def test_a_busy_relay_reads_a_new_streams_first_token_at_once(
             busy.close()
 
 
-async def test_a_write_whose_reply_was_lost_is_not_applied_twice(
+async def test_a_write_whose_reply_was_lost_is_not_applied_both(
     redis_server: EmbeddedRedis, redis: Redis
 ) -> None:
     async with LosesOneReply(redis_server, marker=b"once only") as proxy:

@@ -14,7 +14,18 @@ from typing import Any, Literal
 from redis.exceptions import RedisError
 
 from sluice.adapters import adapter_folder
-from sluice.contract import Delta, Done, Event, Failed, Function, Job, Started, ToolCalls, decode_job
+from sluice.contract import (
+    Delta,
+    Done,
+    Event,
+    Failed,
+    Function,
+    Job,
+    Started,
+    ToolCalls,
+    decode_job,
+    inbox_key,
+)
 from sluice.errors import SluiceError, internal, out_of_tries, reader_gone
 from sluice.events import Settlement, failed
 from worker import metrics
@@ -116,9 +127,12 @@ async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
     def publish(events: list[Event]) -> Awaitable[None]:
         # Started goes out with the job's first events, in their write: a write of its own cost
         # a script call here and a read in the gateway per request. Its `at` is still when the
-        # job started, so the queue wait the gateway reads off it is unchanged.
+        # job started, so the queue wait the gateway reads off it is unchanged. That write is
+        # also copied to the gateway's inbox if it is the stream's first (not a retry's).
         if events and starting:
             events = [starting.pop(), *events]
+            inbox = inbox_key(job.gateway) if job.gateway else None
+            return deps.publisher.publish(job.id, events, _settlement(job, events), inbox=inbox)
         return deps.publisher.publish(job.id, events, _settlement(job, events))
 
     # At most one round trip (a gateway not seen lately), during which the engine already starts

@@ -49,18 +49,24 @@ class EventPublisher:
         self._urgent = False  # a job's first events are pending
         self._pending: dict[str, list[Event]] = {}
         self._settles: dict[str, Settlement] = {}
+        self._inboxes: dict[str, str] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    async def publish(self, job_id: str, events: Sequence[Event], settle: Settlement | None = None) -> None:
+    async def publish(
+        self, job_id: str, events: Sequence[Event], settle: Settlement | None = None, inbox: str | None = None
+    ) -> None:
         """Append ``events`` to the job's stream; ``settle``: with them, its last, settle its
-        reservation (in the same write: once its gateway reads them, the key's slot is free)."""
+        reservation (in the same write: once its gateway reads them, the key's slot is free).
+        ``inbox``: its gateway's, where the stream's first write is copied (``sluice/events.py``)."""
         if not events:  # text held back (a possible tool call): nothing to say yet
             return
         self._pending.setdefault(job_id, []).extend(events)
         if settle is not None:
             self._settles[job_id] = settle
+        if inbox is not None:
+            self._inboxes[job_id] = inbox
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         if isinstance(events[0], Started):  # a job's first events: its time to first token
@@ -101,14 +107,16 @@ class EventPublisher:
             self._hurry = None
 
     async def _write_pending(self) -> None:
-        pending, waiters, settles = self._pending, self._waiters, self._settles
-        self._pending, self._waiters, self._settles, self._urgent = {}, [], {}, False
+        pending, waiters, settles, inboxes = self._pending, self._waiters, self._settles, self._inboxes
+        self._pending, self._waiters, self._settles, self._inboxes, self._urgent = {}, [], {}, {}, False
         write = next(self._writes)
         try:
             # Retried (same entries, in order, under the same number: one Redis had applied before
             # the connection failed is not applied again): a Redis restarting with its append-only
             # file comes back within seconds, and the streams in flight carry on where they were.
-            await ride_out(lambda: self._log.append(pending, write=write, settle=settles), "events", log)
+            await ride_out(
+                lambda: self._log.append(pending, write=write, settle=settles, inboxes=inboxes), "events", log
+            )
         except Exception as exc:
             for waiter in waiters:
                 if not waiter.done():
