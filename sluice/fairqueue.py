@@ -379,21 +379,33 @@ redis.call('PEXPIRE', KEYS[5], ARGV[4])
 return taken
 """
 
-# KEYS: the queue, the worker's running set, arq's aborted jobs, the job's in-progress, retry and
-# job keys.  ARGV: the job id, '1' if it is over ('' to leave it queued, unmarked, for another
-# claim), the queue's pickup channel.  arq's finish_job for a job whose result is not kept, and
-# the job out of the running set. A job left queued wakes the queue's workers: one takes it now,
-# not at its next fallback poll (a rolling update hands back every job a stopping worker runs).
-_FINISH = """
-redis.call('SREM', KEYS[2], ARGV[1])
-if ARGV[2] == '' then
-  redis.call('DEL', KEYS[4])
-  return redis.call('PUBLISH', ARGV[3], '1')
+# finish(queue, the worker's running set, arq's aborted jobs, the job's in-progress, retry and job
+# keys, the job id, '1' if it is over ('' to leave it queued, unmarked, for another claim), the
+# queue's pickup channel): arq's finish_job for a job whose result is not kept, and the job out of
+# the running set. A job left queued wakes the queue's workers: one takes it now, not at its next
+# fallback poll (a rolling update hands back every job a stopping worker runs). Also run by the
+# write of a job's last events (``sluice/events.py``), as part of it.
+FINISH_FN = """
+local function finish(queue, running, aborts, in_progress, retry, job, id, over, channel)
+  redis.call('SREM', running, id)
+  if over == '' then
+    redis.call('DEL', in_progress)
+    return redis.call('PUBLISH', channel, '1')
+  end
+  redis.call('DEL', in_progress, retry, job)
+  redis.call('ZREM', aborts, id)
+  return redis.call('ZREM', queue, id)
 end
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return redis.call('ZREM', KEYS[1], ARGV[1])
 """
+_FINISH = FINISH_FN + "return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], unpack(ARGV))\n"
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """A job's end, as :data:`FINISH_FN`'s six keys and three other arguments."""
+
+    keys: list[str]
+    args: list[str]
 
 
 @dataclass(frozen=True)
@@ -450,10 +462,15 @@ class Claims:
             Claimed(job.decode(), data, int(attempt), aborted == 1) for job, data, attempt, aborted in rows
         ]
 
-    async def finish(self, queue: str, job_id: str, *, over: bool) -> None:
-        """The job's end, in arq's keys and the running set, in one script: ``over``, it is
-        done (arq's ``finish_job``, its result not kept); else it stays queued, unmarked, for
-        another claim (its try counted)."""
+    def end_of(self, queue: str, job_id: str, *, over: bool = True) -> JobEnd:
+        """The job's end, in arq's keys and the running set: ``over``, it is done (arq's
+        ``finish_job``, its result not kept); else it stays queued, unmarked, for another claim
+        (its try counted)."""
         keys = [queue, self._running, abort_jobs_ss]
         keys += [prefix + job_id for prefix in (in_progress_key_prefix, retry_key_prefix, job_key_prefix)]
-        await self._finish(keys=keys, args=[job_id, "1" if over else "", pickup_channel(queue)])
+        return JobEnd(keys, [job_id, "1" if over else "", pickup_channel(queue)])
+
+    async def finish(self, queue: str, job_id: str, *, over: bool) -> None:
+        """Write the job's end (:meth:`end_of`), in one script."""
+        end = self.end_of(queue, job_id, over=over)
+        await self._finish(keys=end.keys, args=end.args)

@@ -47,7 +47,7 @@ from sluice.contract import (
     worker_key,
 )
 from sluice.errors import interrupted
-from sluice.events import EventLog, failed
+from sluice.events import Batch, EventLog, failed
 from sluice.fairqueue import FairQueue
 from sluice.queues import head
 from sluice.registry import Steady, claim, silent_workers
@@ -70,7 +70,7 @@ async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
     job = decode_job(deserialize_job(payload, deserializer=deserialize_arq_job).args[0])
     if job.input.stream and await _shown(redis, job_id):
         async with redis.pipeline(transaction=True) as pipe:
-            await EventLog(redis, stream_ttl).append({job_id: [failed(interrupted())]}, pipe)
+            await EventLog(redis, stream_ttl).append(Batch({job_id: [failed(interrupted())]}), pipe)
             pipe.zrem(queue_key(job.model), job_id)
             pipe.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id)
             await pipe.execute()

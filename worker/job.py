@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +27,13 @@ from sluice.contract import (
 )
 from sluice.errors import SluiceError, internal, out_of_tries, reader_gone
 from sluice.events import Settlement, failed
+from sluice.fairqueue import JobEnd
 from worker import metrics
 from worker.engines.base import AdapterFiles, Engine, Output
 from worker.inflight import InFlight
 from worker.prompt import prepare
 from worker.publish import EventPublisher
+from worker.slots import JOB_END
 from worker.tools import may_be_tool_call, new_tool_call_id, parse_tool_calls
 
 log = logging.getLogger("sluice.worker.job")
@@ -105,12 +106,15 @@ class ToolCallWatch:
 Outcome = Literal["completed", "failed", "aborted"]
 
 
-async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
+async def run_job(deps: JobDeps, job: Job, attempt: int, end: JobEnd | None = None) -> bool:
+    """Run the job to its end; ``end``: its end in arq's keys, written with its last events.
+    Returns whether it was (else the caller writes it)."""
     metrics.RUNNING.labels(job.model).inc()
     started = time.perf_counter()
     outcome: Outcome = "aborted"  # unless the generation ends on its own
+    writes = _Writes(deps, job, attempt, end)
     try:
-        outcome = await _run(deps, job, attempt)
+        outcome = await _run(deps, job, attempt, writes)
     finally:
         seconds = time.perf_counter() - started
         metrics.RUNNING.labels(job.model).dec()
@@ -119,27 +123,42 @@ async def run_job(deps: JobDeps, job: Job, attempt: int) -> None:
         # The job id is the gateway's request id: one id across the response, the stream and logs.
         context = {"request_id": job.id, "model": job.model, "attempt": attempt}
         log.info("job ended", extra={**context, "outcome": outcome, "duration_ms": round(seconds * 1000, 2)})
+    return writes.ended
 
 
-async def _run(deps: JobDeps, job: Job, attempt: int) -> Outcome:
-    starting: list[Event] = [Started(worker=deps.worker_id, attempt=attempt)]
+class _Writes:
+    """One job's events on their way out, through the worker's publisher.
 
-    def publish(events: list[Event]) -> Awaitable[None]:
-        # Started goes out with the job's first events, in their write: a write of its own cost
-        # a script call here and a read in the gateway per request. Its `at` is still when the
-        # job started, so the queue wait the gateway reads off it is unchanged. That write is
-        # also copied to the gateway's inbox if it is the stream's first (not a retry's).
-        if events and starting:
-            events = [starting.pop(), *events]
+    Started goes out with the job's first events, in their write: a write of its own cost a
+    script call here and a read in the gateway per request. Its ``at`` is still when the job
+    started, so the queue wait the gateway reads off it is unchanged. That write is also copied
+    to the gateway's inbox if it is the stream's first (not a retry's). The job's last events
+    carry its end (one round trip fewer per job) and its reservation's settlement."""
+
+    def __init__(self, deps: JobDeps, job: Job, attempt: int, end: JobEnd | None) -> None:
+        self._publisher = deps.publisher
+        self._job = job
+        self._starting: Started | None = Started(worker=deps.worker_id, attempt=attempt)
+        self._end = end
+        #: The job's end was written, with its last events.
+        self.ended = False
+
+    async def publish(self, events: list[Event], *, last: bool = False) -> None:
+        job, inbox = self._job, None
+        if events and self._starting is not None:
+            events, self._starting = [self._starting, *events], None
             inbox = inbox_key(job.gateway) if job.gateway else None
-            return deps.publisher.publish(job.id, events, _settlement(job, events), inbox=inbox)
-        return deps.publisher.publish(job.id, events, _settlement(job, events))
+        end = self._end if last and events else None
+        await self._publisher.publish(job.id, events, _settlement(job, events), inbox=inbox, end=end)
+        self.ended = end is not None
 
+
+async def _run(deps: JobDeps, job: Job, attempt: int, writes: _Writes) -> Outcome:
     # At most one round trip (a gateway not seen lately), during which the engine already starts
     # on the prompt; the first events do not wait for it.
     watched = asyncio.ensure_future(deps.inflight.start(job))
     try:
-        return await _generate(deps, job, attempt, publish, watched)
+        return await _generate(deps, job, attempt, writes, watched)
     finally:
         await asyncio.wait({watched})  # unwatched only once watched, or it would stay watched
         deps.inflight.end(job.id)
@@ -164,18 +183,14 @@ def _gateway_gone(watched: asyncio.Future[bool]) -> bool:
 
 
 async def _generate(
-    deps: JobDeps,
-    job: Job,
-    attempt: int,
-    publish: Callable[[list[Event]], Awaitable[None]],
-    watched: asyncio.Future[bool],
+    deps: JobDeps, job: Job, attempt: int, writes: _Writes, watched: asyncio.Future[bool]
 ) -> Outcome:
     try:
         ref = job.adapter
         adapter = AdapterFiles(ref.id, adapter_folder(deps.adapters, ref)) if ref is not None else None
         request = prepare(job.input, adapter)
     except SluiceError as error:
-        await publish([failed(error)])
+        await writes.publish([failed(error)], last=True)
         return "failed"
     generation = deps.engine.submit(f"{job.id}:{attempt}", request)
     watch = ToolCallWatch(job.input.tools_offered)
@@ -186,10 +201,11 @@ async def _generate(
             if _gateway_gone(watched):
                 generation.cancel()
                 log.info("job not run: its gateway is gone", extra={"request_id": job.id})
-                await publish([failed(reader_gone())])  # never a silent end, should its client be there
+                # Never a silent end, should its client be there.
+                await writes.publish([failed(reader_gone())], last=True)
                 return "aborted"
             events = watch.filter(events)
-            await publish(events)
+            await writes.publish(events, last=ended)
             sent += sum(e.tokens for e in events if isinstance(e, Delta))
             if ended:
                 return _outcome(deps.engine.name, events)
@@ -202,7 +218,7 @@ async def _generate(
         generation.cancel()
         log.exception("job failed", extra={"request_id": job.id})
         metrics.ENGINE_ERRORS.labels(deps.engine.name).inc()
-        await publish([failed(internal(type(exc).__name__))])
+        await writes.publish([failed(internal(type(exc).__name__))], last=True)
         return "failed"
     finally:
         metrics.TOKENS.labels(job.model).inc(sent)
@@ -223,6 +239,7 @@ async def give_up(deps: JobDeps, job_id: str, tries: int) -> None:
         await deps.publisher.publish(job_id, [failed(out_of_tries(tries))])
 
 
-async def generate(ctx: dict[str, Any], payload: bytes) -> None:
-    """The function arq runs; ``payload`` is an encoded :class:`sluice.contract.Job`."""
-    await run_job(ctx["sluice"], decode_job(payload), attempt=ctx["job_try"])
+async def generate(ctx: dict[str, Any], payload: bytes) -> bool:
+    """The function arq runs; ``payload`` is an encoded :class:`sluice.contract.Job`. Returns
+    whether it wrote the job's end (``JOB_END``, ``worker/slots.py``)."""
+    return await run_job(ctx["sluice"], decode_job(payload), attempt=ctx["job_try"], end=ctx.get(JOB_END))

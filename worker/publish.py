@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from sluice.contract import Event, Started
-from sluice.events import EventLog, Settlement
+from sluice.events import Batch, EventLog, Settlement
+from sluice.fairqueue import JobEnd
 from sluice.multiplex import Multiplexed
 from sluice.retry import ride_out
 
@@ -47,26 +48,26 @@ class EventPublisher:
         self._last_write = -interval
         self._hurry: asyncio.Future[None] | None = None  # set: stop waiting for the interval
         self._urgent = False  # a job's first events are pending
-        self._pending: dict[str, list[Event]] = {}
-        self._settles: dict[str, Settlement] = {}
-        self._inboxes: dict[str, str] = {}
+        self._pending = Batch()
         self._waiters: list[asyncio.Future[None]] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
     async def publish(
-        self, job_id: str, events: Sequence[Event], settle: Settlement | None = None, inbox: str | None = None
+        self,
+        job_id: str,
+        events: Sequence[Event],
+        settle: Settlement | None = None,
+        inbox: str | None = None,
+        end: JobEnd | None = None,
     ) -> None:
         """Append ``events`` to the job's stream; ``settle``: with them, its last, settle its
         reservation (in the same write: once its gateway reads them, the key's slot is free).
-        ``inbox``: its gateway's, where the stream's first write is copied (``sluice/events.py``)."""
+        ``inbox``: its gateway's, where the stream's first write is copied (``sluice/events.py``).
+        ``end``: with its last events, the job's end in arq's keys (one round trip for both)."""
         if not events:  # text held back (a possible tool call): nothing to say yet
             return
-        self._pending.setdefault(job_id, []).extend(events)
-        if settle is not None:
-            self._settles[job_id] = settle
-        if inbox is not None:
-            self._inboxes[job_id] = inbox
+        self._pending.add(job_id, events, settle=settle, inbox=inbox, end=end)
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         if isinstance(events[0], Started):  # a job's first events: its time to first token
@@ -85,7 +86,7 @@ class EventPublisher:
         """Write until nothing is pending; what arrives during a write goes in the next."""
         await asyncio.sleep(0)  # one turn: the jobs woken alongside this one join the write
         try:
-            while self._pending:
+            while self._pending.events:
                 await self._until_due()
                 self._last_write = asyncio.get_running_loop().time()
                 await self._write_pending()
@@ -107,16 +108,14 @@ class EventPublisher:
             self._hurry = None
 
     async def _write_pending(self) -> None:
-        pending, waiters, settles, inboxes = self._pending, self._waiters, self._settles, self._inboxes
-        self._pending, self._waiters, self._settles, self._inboxes, self._urgent = {}, [], {}, {}, False
+        pending, waiters = self._pending, self._waiters
+        self._pending, self._waiters, self._urgent = Batch(), [], False
         write = next(self._writes)
         try:
             # Retried (same entries, in order, under the same number: one Redis had applied before
             # the connection failed is not applied again): a Redis restarting with its append-only
             # file comes back within seconds, and the streams in flight carry on where they were.
-            await ride_out(
-                lambda: self._log.append(pending, write=write, settle=settles, inboxes=inboxes), "events", log
-            )
+            await ride_out(lambda: self._log.append(pending, write=write), "events", log)
         except Exception as exc:
             for waiter in waiters:
                 if not waiter.done():

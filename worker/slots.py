@@ -11,7 +11,8 @@ slot freed), and otherwise only every ``poll_delay`` seconds. A poll claims jobs
 (``sluice/fairqueue.py``) that also reads them as arq would before running them and records them
 in the worker's running set, so a claimed job starts at once: arq's ``run_job`` would spend a
 round trip reading it again, and the worker one more recording it. A job's end, arq's and the
-record's, is one script (``Claims.finish``).
+record's, is written by the job itself with its last events (``JOB_END`` in its context), or else
+is one script of its own (``Claims.finish``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from sluice.retry import ride_out
 from worker.doorbell import Doorbell
 
 log = logging.getLogger("sluice.worker")
+
+#: In a job's context: its end (``Claims.end_of``), for the job to write with its last events
+#: (``EventPublisher.publish``); a job that did returns ``True``, and is not ended again.
+JOB_END = "sluice_job_end"
 
 
 class Slots:
@@ -125,12 +130,14 @@ class SlottedWorker(Worker):
                 await self._out_of_tries(job.id, self.max_tries)  # its client told now, not at its deadline
             return
         function, args = call
-        ctx = {**self.ctx, "job_try": job.attempt}  # all that generate() reads of arq's job context
+        # All that generate() reads of arq's job context, and the end it writes with its last events.
+        ctx = {**self.ctx, "job_try": job.attempt, JOB_END: self._claims.end_of(self.queue_name, job.id)}
         task = self.job_tasks[job.id] = asyncio.create_task(function.coroutine(ctx, *args))
         over = True  # else handed back: queued again, unmarked
+        ended = False  # by the job itself, in the write of its last events
         try:
             timeout = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-            await asyncio.wait_for(task, timeout)
+            ended = await asyncio.wait_for(task, timeout) is True
             self.jobs_complete += 1
         except asyncio.CancelledError:
             if job.id in self.aborting_tasks:  # its abort (arq's _cancel_aborted_jobs)
@@ -144,7 +151,8 @@ class SlottedWorker(Worker):
             self.jobs_failed += 1
         finally:
             del self.job_tasks[job.id]
-        await asyncio.shield(self._finish(job.id, over=over))
+        if not ended:
+            await asyncio.shield(self._finish(job.id, over=over))
 
     async def _finish(self, job_id: str, *, over: bool) -> None:
         """The job's end, ridden out over a Redis blip as its events are: one not written leaves
