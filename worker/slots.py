@@ -132,12 +132,17 @@ class SlottedWorker(Worker):
         function, args = call
         # All that generate() reads of arq's job context, and the end it writes with its last events.
         ctx = {**self.ctx, "job_try": job.attempt, JOB_END: self._claims.end_of(self.queue_name, job.id)}
-        task = self.job_tasks[job.id] = asyncio.create_task(function.coroutine(ctx, *args))
+        # This task is the job's (arq cancels it to abort the job): a task of its own for the
+        # function cost a turn of the loop before the job started, and one after it ended.
+        task = asyncio.current_task()
+        assert task is not None
+        self.job_tasks[job.id] = task
         over = True  # else handed back: queued again, unmarked
         ended = False  # by the job itself, in the write of its last events
+        timeout = self.job_timeout_s if function.timeout_s is None else function.timeout_s
         try:
-            timeout = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-            ended = await asyncio.wait_for(task, timeout) is True
+            async with asyncio.timeout(timeout):
+                ended = await function.coroutine(ctx, *args) is True
             self.jobs_complete += 1
         except asyncio.CancelledError:
             if job.id in self.aborting_tasks:  # its abort (arq's _cancel_aborted_jobs)
@@ -193,7 +198,10 @@ class SlottedWorker(Worker):
             self._wake.event.clear()  # before polling: a ring during the poll means poll again
             await self._poll_iteration()
             try:
-                await asyncio.wait_for(self._wake.event.wait(), self.poll_delay_s)
+                # A timeout scope, not wait_for: wait_for runs the wait as a task of its own, one
+                # more turn of the loop between a ring and the claim.
+                async with asyncio.timeout(self.poll_delay_s):
+                    await self._wake.event.wait()
             except TimeoutError:
                 self._wake.everything()
 
