@@ -34,17 +34,20 @@ from sluice.fairqueue import FINISH_FN, JobEnd
 from sluice.multiplex import Multiplexed
 from sluice.reservations import SETTLE_FN, settle_args
 
-# KEYS: the writer's mark, the streams, the inboxes of those that have one (in the streams'
-# order), three per settlement (sluice/reservations.py), then six per job end (sluice/fairqueue.py).
+# KEYS: the writer's mark; per stream, the stream, its inbox if it has one and its owner's running
+# set if it has one; three per settlement (sluice/reservations.py); six per job end
+# (sluice/fairqueue.py).
 # ARGV: the event field, the streams' TTL (s), the write's number (0: not numbered), how many
-# streams, the inbox's stream and last-id fields and its length, how many settlements, how many
-# events each stream gets, whether each has an inbox ('1' or ''), all the events in that order,
-# then each settlement's three arguments and each job end's three.
+# streams, the inbox's stream and last-id fields and its length, how many settlements; per
+# stream, how many events, '1' if it has an inbox (else ''), its job id if it has an owner (else
+# ''), then its events; then each settlement's three arguments and each job end's three.
 # Each stream lives ttl seconds past its last event. A numbered write not above the writer's mark
 # was applied already (its reply was lost, and it is being retried): it is skipped, so no client
 # sees an event twice. A stream's first write (the stream did not exist) is also copied to its
-# inbox, whole, with the stream's name and the write's last id. The mark, the events, the copies,
-# the settlements and the ends are one script's effects: a Redis that dies keeps all or none.
+# inbox, whole, with the stream's name and the write's last id. A stream with an owner is written
+# only while its job is in that running set: a worker that stalled while recovery gave its job to
+# another must not add its run's events to the new run's. The mark, the events, the copies, the
+# settlements and the ends are one script's effects: a Redis that dies keeps all or none.
 _APPEND = (
     SETTLE_FN
     + FINISH_FN
@@ -54,27 +57,29 @@ if write > 0 then
   if tonumber(redis.call('GET', KEYS[1]) or '0') >= write then return 0 end
   redis.call('SET', KEYS[1], write, 'EX', ARGV[2])
 end
-local at, box = 9 + 2 * n, 2 + n
-for k = 1, n do
-  local stream, count, copied = KEYS[1 + k], tonumber(ARGV[8 + k]), nil
-  if ARGV[8 + n + k] == '1' then
-    if redis.call('EXISTS', stream) == 0 then copied = {ARGV[5], stream, ARGV[6], false} end
-    box = box + 1
-  end
-  local last
-  for i = at, at + count - 1 do
-    last = redis.call('XADD', stream, '*', ARGV[1], ARGV[i])
-    if copied then copied[#copied + 1], copied[#copied + 2] = ARGV[1], ARGV[i] end
-  end
-  at = at + count
-  redis.call('EXPIRE', stream, ARGV[2])
-  if copied and last then
-    copied[4] = last
-    redis.call('XADD', KEYS[box - 1], 'MAXLEN', '~', ARGV[7], '*', unpack(copied))
-    redis.call('EXPIRE', KEYS[box - 1], ARGV[2])
+local k, at = 2, 9
+for _ = 1, n do
+  local stream, count, job, inbox, owner = KEYS[k], tonumber(ARGV[at]), ARGV[at + 2], nil, nil
+  k = k + 1
+  if ARGV[at + 1] == '1' then inbox, k = KEYS[k], k + 1 end
+  if job ~= '' then owner, k = KEYS[k], k + 1 end
+  local first, last = at + 3, at + 2 + count
+  at = last + 1
+  if not owner or redis.call('SISMEMBER', owner, job) == 1 then
+    local copied = inbox and redis.call('EXISTS', stream) == 0 and {ARGV[5], stream, ARGV[6], false}
+    local id
+    for i = first, last do
+      id = redis.call('XADD', stream, '*', ARGV[1], ARGV[i])
+      if copied then copied[#copied + 1], copied[#copied + 2] = ARGV[1], ARGV[i] end
+    end
+    redis.call('EXPIRE', stream, ARGV[2])
+    if copied and id then
+      copied[4] = id
+      redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[7], '*', unpack(copied))
+      redis.call('EXPIRE', inbox, ARGV[2])
+    end
   end
 end
-local k = box
 for _ = 1, settles do
   settle(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[at], ARGV[at + 1], ARGV[at + 2])
   k, at = k + 3, at + 3
@@ -108,6 +113,8 @@ class Batch:
     inboxes: dict[str, str] = field(default_factory=dict)
     #: Jobs' ends (``sluice.fairqueue.Claims.end_of``), written with their last events.
     ends: dict[str, JobEnd] = field(default_factory=dict)
+    #: The running set each job's events are written only while it is in (its worker's).
+    owners: dict[str, str] = field(default_factory=dict)
 
     def add(
         self,
@@ -117,6 +124,7 @@ class Batch:
         settle: Settlement | None = None,
         inbox: str | None = None,
         end: JobEnd | None = None,
+        owner: str | None = None,
     ) -> None:
         self.events.setdefault(job_id, []).extend(events)
         if settle is not None:
@@ -125,6 +133,8 @@ class Batch:
             self.inboxes[job_id] = inbox
         if end is not None:
             self.ends[job_id] = end
+        if owner is not None:
+            self.owners[job_id] = owner
 
 
 class EventLog:
@@ -145,30 +155,13 @@ class EventLog:
         A retry of a write Redis had applied (the connection failed before its reply) is then not
         applied twice. 0: not numbered (a write that is never retried)."""
         keys: list[str] = [self._mark]
-        boxes: list[str] = []
-        counts: list[int] = []
-        flags: list[str] = []
-        payloads: list[bytes] = []
+        args: list[bytes | str | int] = [EVENT_FIELD, self._ttl, write, len(batch.events)]
+        args += [INBOX_STREAM_FIELD, INBOX_LAST_FIELD, INBOX_MAXLEN, len(batch.settle)]
         for job_id, events in batch.events.items():
             merged = [encode(event) for event in coalesce(events)]
-            keys.append(events_key(job_id))
-            counts.append(len(merged))
-            payloads.extend(merged)
-            inbox = batch.inboxes.get(job_id)
-            flags.append("1" if inbox else "")
-            if inbox:
-                boxes.append(inbox)
-        keys += boxes
-        args: list[bytes | str | int] = [EVENT_FIELD, self._ttl, write, len(counts)]
-        args += [
-            INBOX_STREAM_FIELD,
-            INBOX_LAST_FIELD,
-            INBOX_MAXLEN,
-            len(batch.settle),
-            *counts,
-            *flags,
-            *payloads,
-        ]
+            inbox, owner = batch.inboxes.get(job_id), batch.owners.get(job_id)
+            keys += [events_key(job_id), *([inbox] if inbox else []), *([owner] if owner else [])]
+            args += [len(merged), "1" if inbox else "", job_id if owner else "", *merged]
         for job_id, (reservation, used) in batch.settle.items():
             more_keys, more_args = settle_args(job_id, reservation, used)
             keys += more_keys

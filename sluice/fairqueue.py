@@ -384,10 +384,12 @@ return taken
 # queue's pickup channel): arq's finish_job for a job whose result is not kept, and the job out of
 # the running set. A job left queued wakes the queue's workers: one takes it now, not at its next
 # fallback poll (a rolling update hands back every job a stopping worker runs). Also run by the
-# write of a job's last events (``sluice/events.py``), as part of it.
+# write of a job's last events (``sluice/events.py``), as part of it. Only for a job still in
+# the running set: one recovery took from a stalled worker (and another worker may run again)
+# is not this worker's to end; and an end written twice is written once.
 FINISH_FN = """
 local function finish(queue, running, aborts, in_progress, retry, job, id, over, channel)
-  redis.call('SREM', running, id)
+  if redis.call('SREM', running, id) == 0 then return 0 end
   if over == '' then
     redis.call('DEL', in_progress)
     return redis.call('PUBLISH', channel, '1')
@@ -406,6 +408,11 @@ class JobEnd:
 
     keys: list[str]
     args: list[str]
+
+    @property
+    def running(self) -> str:
+        """The running set of the job's worker: the job is that worker's while in it."""
+        return self.keys[1]
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,35 @@ belongs, whichever process finds it dead, and arq's abort set does not grow for 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
+from typing import cast
 
 import pytest
-from arq.constants import abort_jobs_ss
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
-from sluice.contract import JOB_EXPIRES_MS, WORKERS_KEY, accepting_key, direct_queue_key, queue_key
-from sluice.fairqueue import FairQueue
+from gateway.enqueue import JobQueue
+from sluice.contract import (
+    JOB_EXPIRES_MS,
+    WORKERS_KEY,
+    Delta,
+    Done,
+    Event,
+    GenerationInput,
+    Job,
+    Started,
+    Usage,
+    accepting_key,
+    direct_queue_key,
+    events_key,
+    queue_key,
+    running_key,
+)
+from sluice.fairqueue import Claims, FairQueue
 from sluice.ids import new_id
 from sluice.recovery import Recovery, recover_worker
+from worker.publish import EventPublisher
 
 
 @pytest.fixture
@@ -50,3 +70,27 @@ async def test_the_sweep_drops_aborts_too_old_to_stop_any_job(redis: Redis) -> N
     await redis.zadd(abort_jobs_ss, {"recent": recent, "ancient": ancient})
     await Recovery(redis, [], heartbeat_ttl=5, stream_ttl=60, job_timeout=600).sweep()
     assert await redis.zrange(abort_jobs_ss, 0, -1) == [b"recent"]
+
+
+async def test_a_stalled_workers_writes_for_a_job_given_to_another_change_nothing(redis: Redis) -> None:
+    """A worker stalled past its heartbeat resumes (it exits at its next beat) after recovery
+    gave its job to another worker: its run's events reach no client, and its end of the job
+    leaves the new run's claim and the job alone."""
+    job = Job(id=new_id(), model="model-s", input=GenerationInput(prompt="Hi", max_tokens=2))
+    await JobQueue(ArqRedis(connection_pool=redis.connection_pool)).submit(job, account="a", cost=1)
+    queue, now_ms = queue_key(job.model), int(time.time() * 1000)
+    stalled, other = Claims(redis, "stalled"), Claims(redis, "other")
+    assert [c.id for c in await stalled.take(queue, 1, 60_000)] == [job.id]
+    await redis.zadd(WORKERS_KEY, {"stalled": now_ms - 3_600_000})  # its last beat, long ago
+    assert await recover_worker(redis, "stalled", stream_ttl=60) == {job.id: "requeued"}
+    assert [c.id for c in await other.take(queue, 1, 60_000)] == [job.id]
+
+    end = stalled.end_of(queue, job.id)
+    done = Done(finish_reason="length", usage=Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3))
+    events: list[Event] = [Started(worker="stalled", attempt=1), Delta(text="stale", tokens=2), done]
+    await EventPublisher(redis, ttl_seconds=60).publish(job.id, events, end=end, owner=end.running)
+
+    assert await redis.xlen(events_key(job.id)) == 0, "no client sees the stalled run"
+    assert await redis.zscore(queue, job.id) is not None, "still in arq's queue until its run ends"
+    assert await cast(Awaitable[int], redis.sismember(running_key("other"), job.id)), "the other's"
+    assert await redis.exists(in_progress_key_prefix + job.id, job_key_prefix + job.id) == 2

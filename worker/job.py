@@ -133,7 +133,8 @@ class _Writes:
     script call here and a read in the gateway per request. Its ``at`` is still when the job
     started, so the queue wait the gateway reads off it is unchanged. That write is also copied
     to the gateway's inbox if it is the stream's first (not a retry's). The job's last events
-    carry its end (one round trip fewer per job) and its reservation's settlement."""
+    carry its end (one round trip fewer per job) and its reservation's settlement. Its events are
+    written only while the job is still this worker's (in its running set)."""
 
     def __init__(self, deps: JobDeps, job: Job, attempt: int, end: JobEnd | None) -> None:
         self._publisher = deps.publisher
@@ -149,7 +150,10 @@ class _Writes:
             events, self._starting = [self._starting, *events], None
             inbox = inbox_key(job.gateway) if job.gateway else None
         end = self._end if last and events else None
-        await self._publisher.publish(job.id, events, _settlement(job, events), inbox=inbox, end=end)
+        owner = self._end.running if self._end is not None else None
+        await self._publisher.publish(
+            job.id, events, _settlement(job, events), inbox=inbox, end=end, owner=owner
+        )
         self.ended = end is not None
 
 

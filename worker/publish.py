@@ -60,14 +60,17 @@ class EventPublisher:
         settle: Settlement | None = None,
         inbox: str | None = None,
         end: JobEnd | None = None,
+        owner: str | None = None,
     ) -> None:
         """Append ``events`` to the job's stream; ``settle``: with them, its last, settle its
         reservation (in the same write: once its gateway reads them, the key's slot is free).
         ``inbox``: its gateway's, where the stream's first write is copied (``sluice/events.py``).
-        ``end``: with its last events, the job's end in arq's keys (one round trip for both)."""
+        ``end``: with its last events, the job's end in arq's keys (one round trip for both).
+        ``owner``: the running set the job must still be in for its events to be written (its
+        worker's; see ``sluice/events.py``)."""
         if not events:  # text held back (a possible tool call): nothing to say yet
             return
-        self._pending.add(job_id, events, settle=settle, inbox=inbox, end=end)
+        self._pending.add(job_id, events, settle=settle, inbox=inbox, end=end, owner=owner)
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         if isinstance(events[0], Started):  # a job's first events: its time to first token
