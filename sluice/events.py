@@ -101,40 +101,42 @@ def failed(error: SluiceError) -> Failed:
     return Failed(code=int(error.code), status=error.status, message=error.message, retryable=error.retryable)
 
 
+@dataclass(frozen=True)
+class Along:
+    """What goes with a job's events in their write."""
+
+    #: Its reservation, settled with its last events.
+    settle: Settlement | None = None
+    #: Its gateway's inbox (``sluice.contract.inbox_key``), where its stream's first write is copied.
+    inbox: str | None = None
+    #: Its end (``sluice.fairqueue.Claims.end_of``), written with its last events.
+    end: JobEnd | None = None
+    #: The running set its events are written only while it is in (its worker's).
+    owner: str | None = None
+
+
+NOTHING = Along()
+
+
 @dataclass
 class Batch:
-    """What one write carries, by job id: each job's events, and what goes with them."""
+    """What one write carries: each job's events, and what goes with them, by job id."""
 
     events: dict[str, list[Event]] = field(default_factory=dict)
-    #: Reservations settled with their jobs' last events.
-    settle: dict[str, Settlement] = field(default_factory=dict)
-    #: The inbox of each job's gateway (``sluice.contract.inbox_key``), where its stream's first
-    #: write is copied.
-    inboxes: dict[str, str] = field(default_factory=dict)
-    #: Jobs' ends (``sluice.fairqueue.Claims.end_of``), written with their last events.
-    ends: dict[str, JobEnd] = field(default_factory=dict)
-    #: The running set each job's events are written only while it is in (its worker's).
-    owners: dict[str, str] = field(default_factory=dict)
+    along: dict[str, Along] = field(default_factory=dict)
 
-    def add(
-        self,
-        job_id: str,
-        events: Sequence[Event],
-        *,
-        settle: Settlement | None = None,
-        inbox: str | None = None,
-        end: JobEnd | None = None,
-        owner: str | None = None,
-    ) -> None:
+    def add(self, job_id: str, events: Sequence[Event], along: Along = NOTHING) -> None:
+        """Add ``events`` (after any of the job's already in), and with them ``along``'s parts
+        (each part it sets replacing what an earlier add of the job set)."""
         self.events.setdefault(job_id, []).extend(events)
-        if settle is not None:
-            self.settle[job_id] = settle
-        if inbox is not None:
-            self.inboxes[job_id] = inbox
-        if end is not None:
-            self.ends[job_id] = end
-        if owner is not None:
-            self.owners[job_id] = owner
+        if along is not NOTHING:
+            was = self.along.get(job_id, NOTHING)
+            self.along[job_id] = Along(
+                along.settle or was.settle,
+                along.inbox or was.inbox,
+                along.end or was.end,
+                along.owner or was.owner,
+            )
 
 
 class EventLog:
@@ -155,20 +157,23 @@ class EventLog:
         A retry of a write Redis had applied (the connection failed before its reply) is then not
         applied twice. 0: not numbered (a write that is never retried)."""
         keys: list[str] = [self._mark]
+        along = [batch.along.get(job_id, NOTHING) for job_id in batch.events]
+        settles = [(job_id, a.settle) for job_id, a in zip(batch.events, along, strict=True) if a.settle]
         args: list[bytes | str | int] = [EVENT_FIELD, self._ttl, write, len(batch.events)]
-        args += [INBOX_STREAM_FIELD, INBOX_LAST_FIELD, INBOX_MAXLEN, len(batch.settle)]
-        for job_id, events in batch.events.items():
+        args += [INBOX_STREAM_FIELD, INBOX_LAST_FIELD, INBOX_MAXLEN, len(settles)]
+        for (job_id, events), extra in zip(batch.events.items(), along, strict=True):
             merged = [encode(event) for event in coalesce(events)]
-            inbox, owner = batch.inboxes.get(job_id), batch.owners.get(job_id)
+            inbox, owner = extra.inbox, extra.owner
             keys += [events_key(job_id), *([inbox] if inbox else []), *([owner] if owner else [])]
             args += [len(merged), "1" if inbox else "", job_id if owner else "", *merged]
-        for job_id, (reservation, used) in batch.settle.items():
+        for job_id, (reservation, used) in settles:
             more_keys, more_args = settle_args(job_id, reservation, used)
             keys += more_keys
             args += more_args
-        for end in batch.ends.values():
-            keys += end.keys
-            args += end.args
+        for extra in along:
+            if extra.end is not None:
+                keys += extra.end.keys
+                args += extra.end.args
         if pipe is None:
             await self._append(keys=keys, args=args)
         else:

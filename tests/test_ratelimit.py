@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from gateway.ratelimit import Admission, EffectiveLimits, RateLimiter
 from sluice.contract import Done, Reservation, Usage
+from sluice.events import Along
 from sluice.fairqueue import Enqueued, FairQueue, QueueLimits
 from sluice.keys import KeyRecord
 from sluice.redis_server import EmbeddedRedis
@@ -67,7 +68,9 @@ async def test_a_jobs_last_write_settles_its_reservation_and_a_second_settling_c
     assert (await limiter.admit(key, "job", 80)).quota.tokens_left == 20
     assert (await limiter.admit(key, "next", 10)).refused == "concurrency"
     done = Done(finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=25, total_tokens=30))
-    await EventPublisher(redis, ttl_seconds=60).publish("job", [done], settle=(Reservation(key.id, 80), 30))
+    await EventPublisher(redis, ttl_seconds=60).publish(
+        "job", [done], Along(settle=(Reservation(key.id, 80), 30))
+    )
     await limiter.release(key, "job", reserved=80, actual=80)  # too late: changes nothing
     admitted = await limiter.admit(key, "next", 10)
     assert admitted.refused is None, "the settled job still held the key's one slot"

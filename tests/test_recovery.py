@@ -29,6 +29,7 @@ from sluice.contract import (
     queue_key,
     running_key,
 )
+from sluice.events import Along
 from sluice.fairqueue import Claims, FairQueue
 from sluice.ids import new_id
 from sluice.recovery import Recovery, recover_worker
@@ -88,7 +89,7 @@ async def test_a_stalled_workers_writes_for_a_job_given_to_another_change_nothin
     end = stalled.end_of(queue, job.id)
     done = Done(finish_reason="length", usage=Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3))
     events: list[Event] = [Started(worker="stalled", attempt=1), Delta(text="stale", tokens=2), done]
-    await EventPublisher(redis, ttl_seconds=60).publish(job.id, events, end=end, owner=end.running)
+    await EventPublisher(redis, ttl_seconds=60).publish(job.id, events, Along(end=end, owner=end.running))
 
     assert await redis.xlen(events_key(job.id)) == 0, "no client sees the stalled run"
     assert await redis.zscore(queue, job.id) is not None, "still in arq's queue until its run ends"

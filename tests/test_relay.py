@@ -15,6 +15,7 @@ from gateway import relay as relay_module
 from gateway.relay import StreamRelay
 from sluice.contract import EVENT_FIELD, Delta, Done, Event, Failed, Started, Usage, decode_event, events_key
 from sluice.errors import ErrorCode
+from sluice.events import Along
 from sluice.multiplex import Multiplexed
 from sluice.redis_server import EmbeddedRedis
 from tests.faults import LosesOneReply
@@ -77,10 +78,10 @@ async def test_a_new_jobs_first_events_reach_a_blocked_read_through_its_inbox(
     await asyncio.sleep(0)  # the reader is now blocked, for up to ten minutes
     late = relay.subscribe("late")
     publisher = EventPublisher(redis, ttl_seconds=60)
-    await publisher.publish("late", [Delta(text="hi", tokens=1)], inbox=relay.inbox)
+    await publisher.publish("late", [Delta(text="hi", tokens=1)], Along(inbox=relay.inbox))
     async with asyncio.timeout(10):
         assert await late.next() == [Delta(text="hi", tokens=1)]
-        await publisher.publish("late", [Delta(text="then", tokens=1)], inbox=relay.inbox)
+        await publisher.publish("late", [Delta(text="then", tokens=1)], Along(inbox=relay.inbox))
         assert await late.next() == [Delta(text="then", tokens=1)]  # from its own stream, joined
     idle.close()
     late.close()
@@ -109,7 +110,7 @@ async def test_a_first_write_read_from_its_stream_is_not_relayed_again_from_the_
     await publisher.publish("probe", [Delta(text="read", tokens=1)])
     async with asyncio.timeout(10):
         await probe.next()  # the reads take in "twice" from its start now; the next one also its copy
-        await publisher.publish("twice", [Delta(text="once", tokens=1)], inbox=relay.inbox)
+        await publisher.publish("twice", [Delta(text="once", tokens=1)], Along(inbox=relay.inbox))
         assert await twice.next() == [Delta(text="once", tokens=1)]
         done = Done(finish_reason="stop", usage=Usage())
         await publisher.publish("twice", [done])
@@ -125,7 +126,7 @@ async def test_a_first_write_read_from_the_inbox_and_its_stream_in_one_reply_is_
     relay = StreamRelay(redis_server.url, control=redis)
     publisher = EventPublisher(redis, ttl_seconds=60)
     both = relay.subscribe("both")
-    await publisher.publish("both", [Delta(text="once", tokens=1)], inbox=relay.inbox)
+    await publisher.publish("both", [Delta(text="once", tokens=1)], Along(inbox=relay.inbox))
     await relay.start()  # its first read: the inbox and the stream, each from its start
     try:
         async with asyncio.timeout(10):
@@ -223,7 +224,7 @@ async def test_a_busy_relay_reads_a_new_streams_first_token_at_once(
             await busy.next()
             await asyncio.sleep(0.3)  # the relay measures its rate over tenths of a second: now busy
             new = relay.subscribe("new")
-            await publisher.publish("new", [Delta(text="first", tokens=1)], inbox=relay.inbox)
+            await publisher.publish("new", [Delta(text="first", tokens=1)], Along(inbox=relay.inbox))
             async with asyncio.timeout(10):
                 assert await new.next() == [Delta(text="first", tokens=1)]
         finally:

@@ -26,7 +26,7 @@ from sluice.contract import (
     inbox_key,
 )
 from sluice.errors import SluiceError, internal, out_of_tries, reader_gone
-from sluice.events import Settlement, failed
+from sluice.events import Along, Settlement, failed
 from sluice.fairqueue import JobEnd
 from worker import metrics
 from worker.engines.base import AdapterFiles, Engine, Output
@@ -151,9 +151,8 @@ class _Writes:
             inbox = inbox_key(job.gateway) if job.gateway else None
         end = self._end if last and events else None
         owner = self._end.running if self._end is not None else None
-        await self._publisher.publish(
-            job.id, events, _settlement(job, events), inbox=inbox, end=end, owner=owner
-        )
+        along = Along(settle=_settlement(job, events), inbox=inbox, end=end, owner=owner)
+        await self._publisher.publish(job.id, events, along)
         self.ended = end is not None
 
 

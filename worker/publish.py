@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from sluice.contract import Event, Started
-from sluice.events import Batch, EventLog, Settlement
-from sluice.fairqueue import JobEnd
+from sluice.events import NOTHING, Along, Batch, EventLog
 from sluice.multiplex import Multiplexed
 from sluice.retry import ride_out
 
@@ -53,24 +52,15 @@ class EventPublisher:
         self._flushes: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    async def publish(
-        self,
-        job_id: str,
-        events: Sequence[Event],
-        settle: Settlement | None = None,
-        inbox: str | None = None,
-        end: JobEnd | None = None,
-        owner: str | None = None,
-    ) -> None:
-        """Append ``events`` to the job's stream; ``settle``: with them, its last, settle its
-        reservation (in the same write: once its gateway reads them, the key's slot is free).
-        ``inbox``: its gateway's, where the stream's first write is copied (``sluice/events.py``).
-        ``end``: with its last events, the job's end in arq's keys (one round trip for both).
-        ``owner``: the running set the job must still be in for its events to be written (its
-        worker's; see ``sluice/events.py``)."""
+    async def publish(self, job_id: str, events: Sequence[Event], along: Along = NOTHING) -> None:
+        """Append ``events`` to the job's stream, with what goes ``along`` in the same write: its
+        reservation settled with its last events (once its gateway reads them, the key's slot
+        is free), its stream's first write copied to its gateway's inbox, its end in arq's keys
+        with its last events, written only while it is in its owner's running set
+        (``sluice/events.py``)."""
         if not events:  # text held back (a possible tool call): nothing to say yet
             return
-        self._pending.add(job_id, events, settle=settle, inbox=inbox, end=end, owner=owner)
+        self._pending.add(job_id, events, along)
         done = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         if isinstance(events[0], Started):  # a job's first events: its time to first token
