@@ -178,8 +178,8 @@ class StreamRelay:
         return subscription
 
     def _check_unjoined(self) -> None:
-        """The long read subscribed streams found in progress is still blocked: if one of them
-        has had no event, wake it (its first write may not have come through the inbox)."""
+        """The long read that was blocked when streams were subscribed still is: if one of them
+        has had no event yet, wake it (its first write may not have come through the inbox)."""
         self._unjoined_check = None
         unjoined = any(subscription.last_id == b"0-0" for subscription in self._subscriptions.values())
         if unjoined and self._blocking > UNJOINED_BLOCK_MS:
