@@ -1,6 +1,7 @@
 """Routing with two real CPU workers: an adapter's requests go to the worker that holds it; when
 that worker dies they go to the other, which loads it, and none is lost; a session stays on one
-worker."""
+worker. And the router alone, on adverts it is given: a new adapter's requests stay where the
+first was sent while no advert lists it yet."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from pathlib import Path
 from typing import cast
 
 import httpx
+import msgspec
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
+from gateway.routing import JobRouter
 from sluice.config import load_settings
-from sluice.contract import EVENT_FIELD, Started, decode_event, events_key
+from sluice.contract import EVENT_FIELD, AdapterRef, Started, WorkerInfo, decode_event, events_key, queue_key
 from sluice.redis_server import EmbeddedRedis, free_port
+from sluice.registry import beat
 from tests.conftest import MODEL, start, stop, wait_until_ready
 from tests.test_lora_engine import make_adapter
 from worker.engines.transformers_engine import SMOLLM2_ID, resolve_weights
@@ -120,3 +125,31 @@ def test_an_adapters_requests_follow_it_and_survive_its_worker(pair: Pair) -> No
     (other,) = set(pair.workers) - {holder}
     assert pair.ask(lora="routed") == (other, answer), "the other worker loaded it: the same answer"
     assert {pair.ask(lora="routed") for _ in range(3)} == {(other, answer)}
+
+
+async def test_a_new_adapter_stays_where_it_was_sent_until_advertised(scratch_redis: AsyncRedis) -> None:
+    now = 0.0
+    router = JobRouter(scratch_redis, heartbeat_ttl=2, clock=lambda: now)
+    adapter = AdapterRef(ACCOUNT, "ft-new")
+
+    async def advertise(worker: str, running: int = 0, adapters: tuple[str, ...] = ()) -> None:
+        info = WorkerInfo(worker, MODEL, "transformers", queue_key(MODEL), 16, 0.0, running=running)
+        await beat(scratch_redis, msgspec.structs.replace(info, adapters=list(adapters)), 2)
+
+    for worker in ("worker-a", "worker-b"):
+        await advertise(worker)
+    first = await router.route(MODEL, adapter, None)
+    assert first is not None
+    (other,) = {"worker-a", "worker-b"} - {first}
+    # Its first job runs longer than a heartbeat TTL, and the adverts read when the next request
+    # comes were written while it ran: busier than the other, not listing the adapter yet.
+    await advertise(first, running=1)
+    now += 3
+    assert await router.route(MODEL, adapter, None) == first, "sent where it is loading"
+    # Once advertised, the adverts decide: evicted there, it goes where there is most room.
+    await advertise(first, adapters=("ft-new",))
+    now += 1
+    assert await router.route(MODEL, adapter, None) == first
+    await advertise(first, running=1)
+    now += 1
+    assert await router.route(MODEL, adapter, None) == other, "no longer held there"
