@@ -28,7 +28,10 @@ SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
 
 
 def seed_schema(name: str) -> dict[str, object]:
-    """A schema from the seed (``shared/`` sits beside the checkout, in CI too)."""
+    """A schema from the seed. ``shared/`` sits beside the checkout, in CI too; a clone elsewhere
+    has none, and the tests checked against the seed are skipped there, saying so."""
+    if not (SEED / name).is_file():
+        pytest.skip(f"no seed {name} at {SEED} (shared/ beside the checkout)", allow_module_level=True)
     result: dict[str, object] = json.loads((SEED / name).read_text())
     return result
 
