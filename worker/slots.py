@@ -69,6 +69,9 @@ class SlottedWorker(Worker):
         super().__init__(*args, **kwargs)
         self._wake = bell.wake_for(pickup_channel(self.queue_name))
         self._claims = claims
+        #: Slots held for a claim whose reply was lost: it may have taken that many jobs, and
+        #: asked again it answers with them (Claims.take); the other queue may not fill them.
+        self._unanswered = 0
         slots.workers.append(self)
 
     @property
@@ -82,19 +85,18 @@ class SlottedWorker(Worker):
     async def _poll_iteration(self) -> None:
         """arq's poll, with its claim of each job (four round trips) replaced by one script for
         all (``sluice/fairqueue.py``). The free slots are counted as taken before the claim's
-        round trip, so the other queue's ``Worker`` cannot take them meanwhile."""
+        round trip, so the other queue's ``Worker`` cannot take them meanwhile, and stay so until
+        the claim is answered: one whose reply was lost is asked again by the next poll."""
         wake = self._wake
-        free = self.max_jobs - self.job_counter
-        if self.allow_pick_jobs and wake.jobs and free > 0:
+        free = self._unanswered or self.max_jobs - self.job_counter
+        if self.allow_pick_jobs and (self._unanswered or (wake.jobs and free > 0)):
             wake.jobs = False  # before the round trip: a job announced during it sets it again
-            self.job_counter += free
-            try:
-                taken = await self._claims.take(self.queue_name, free, int(self.in_progress_timeout_s * 1000))
-            except BaseException:
-                wake.jobs = True  # the next poll asks again: the claim may have taken jobs (Claims)
-                raise
-            finally:
-                self.job_counter -= free
+            if not self._unanswered:
+                self.job_counter += free
+            self._unanswered = free
+            taken = await self._claims.take(self.queue_name, free, int(self.in_progress_timeout_s * 1000))
+            self._unanswered = 0
+            self.job_counter -= free
             for job in taken:
                 self._start(job)
             if len(taken) == free:
