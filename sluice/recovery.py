@@ -50,7 +50,7 @@ from sluice.errors import interrupted
 from sluice.events import Batch, EventLog, failed
 from sluice.fairqueue import FairQueue
 from sluice.queues import head
-from sluice.registry import Steady, claim, silent_workers
+from sluice.registry import Steady, claim, deregister, silent_workers
 
 log = logging.getLogger("sluice.recovery")
 
@@ -97,13 +97,30 @@ async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[
     the jobs routed to it go back to their models' shared queues."""
     if not await claim(redis, worker_id):
         return {}
-    jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
-    actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
+    actions = await _recover_running(redis, worker_id, stream_ttl)
     for queue in await direct_queues(redis, worker_id):  # its routed jobs, the requeued ones among them
         await FairQueue(redis).hand_back(queue, worker_id)
     await redis.delete(running_key(worker_id), worker_key(worker_id), claim_receipts_key(worker_id))
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
     return actions
+
+
+async def leave(redis: Redis, worker_id: str, queue: str, stream_ttl: int) -> dict[str, Action]:
+    """A stopping worker's last step, once none of its jobs runs: those whose end it could not
+    write (Redis away as they ended) are recovered as a dead worker's would be, the jobs routed to
+    it go back to ``queue``, and it leaves the registry. (Left marked, a routed job would stay in
+    a queue nobody polls any more.)"""
+    actions = await _recover_running(redis, worker_id, stream_ttl)
+    await FairQueue(redis).hand_back(queue, worker_id)
+    await deregister(redis, worker_id)
+    if actions:
+        log.warning("worker %s stopped with jobs whose end it could not write: %s", worker_id, actions)
+    return actions
+
+
+async def _recover_running(redis: Redis, worker_id: str, stream_ttl: int) -> dict[str, Action]:
+    jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
+    return {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
 
 
 async def unrecorded_claims(redis: Redis, queue: str, claim_ms: int, grace_ms: int) -> list[str]:

@@ -32,7 +32,7 @@ from sluice.contract import (
 from sluice.events import Along
 from sluice.fairqueue import Claims, FairQueue
 from sluice.ids import new_id
-from sluice.recovery import Recovery, recover_worker
+from sluice.recovery import Recovery, leave, recover_worker
 from worker.publish import EventPublisher
 
 
@@ -95,3 +95,22 @@ async def test_a_stalled_workers_writes_for_a_job_given_to_another_change_nothin
     assert await redis.zscore(queue, job.id) is not None, "still in arq's queue until its run ends"
     assert await cast(Awaitable[int], redis.sismember(running_key("other"), job.id)), "the other's"
     assert await redis.exists(in_progress_key_prefix + job.id, job_key_prefix + job.id) == 2
+
+
+async def test_a_stopping_workers_routed_job_whose_end_was_not_written_runs_elsewhere(redis: Redis) -> None:
+    """Redis was away as the job ended (its end not written, its mark left): once Redis is back,
+    the worker's last step as it stops recovers it, rather than leave it in a queue nobody polls."""
+    job = Job(id=new_id(), model="model-l", input=GenerationInput(prompt="Hi", max_tokens=2))
+    queue = queue_key(job.model)
+    await redis.set(accepting_key("leaving"), b"1")
+    queued = await JobQueue(ArqRedis(connection_pool=redis.connection_pool)).submit(
+        job, account="a", cost=1, worker="leaving"
+    )
+    assert queued.routed
+    assert [c.id for c in await Claims(redis, "leaving").take(direct_queue_key(queue, "leaving"), 1, 60_000)]
+    await redis.zadd(WORKERS_KEY, {"leaving": int(time.time() * 1000)})
+
+    assert await leave(redis, "leaving", queue, stream_ttl=60) == {job.id: "requeued"}
+    assert [c.id for c in await Claims(redis, "other").take(queue, 1, 60_000)] == [job.id], "run by another"
+    assert not await redis.exists(direct_queue_key(queue, "leaving"), running_key("leaving"))
+    assert await redis.zscore(WORKERS_KEY, "leaving") is None, "it left the registry"

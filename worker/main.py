@@ -37,8 +37,8 @@ from sluice.contract import (
 )
 from sluice.fairqueue import Claims, FairQueue
 from sluice.multiplex import Multiplexed
-from sluice.recovery import Recovery
-from sluice.registry import deregister, heartbeat, stop_accepting
+from sluice.recovery import Recovery, leave
+from sluice.registry import heartbeat, stop_accepting
 from worker import metrics
 from worker.doorbell import Doorbell
 from worker.engines import create_engine
@@ -224,8 +224,7 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
         task.cancel()  # each stays queued, to run again with its try counted (SlottedWorker._run)
     await asyncio.gather(*leftover, return_exceptions=True)
     with contextlib.suppress(RedisError, OSError):
-        await FairQueue(pool).hand_back(queue, worker_id)  # the handed-back routed ones too
-        await deregister(pool, worker_id)
+        await leave(pool, worker_id, queue, settings.stream_ttl)  # the handed-back routed ones too
     for worker in workers:
         await worker.close()  # closes its pool
     await hot.aclose()
