@@ -99,6 +99,28 @@ def test_a_llama_tool_call_comes_back_as_a_tool_call(sglang_stack: Stack, double
     assert body["sampling_params"]["skip_special_tokens"] is False
 
 
+def test_parallel_tool_calls_false_answers_with_the_first_call_only(
+    sglang_stack: Stack, double: SGLangDouble
+) -> None:
+    calls = [f'{{"name": "get_weather", "parameters": {{"city": "{city}"}}}}' for city in ("Paris", "Rome")]
+    for _ in range(3):  # one per request below
+        double.script(text="; ".join(calls))
+    ask = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Weather in Paris and Rome?"}],
+        "tools": [WEATHER],
+    }
+    whole = client(sglang_stack).chat.completions.create(**ask)  # type: ignore[call-overload]
+    assert len(whole.choices[0].message.tool_calls) == 2, "the model wrote two calls"
+    one = client(sglang_stack).chat.completions.create(**ask, parallel_tool_calls=False)  # type: ignore[call-overload]
+    ((call,),) = [one.choices[0].message.tool_calls]
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert one.choices[0].finish_reason == "tool_calls"
+    chunks = list(client(sglang_stack).chat.completions.create(**ask, parallel_tool_calls=False, stream=True))  # type: ignore[call-overload]
+    streamed = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [(t.index, t.function.name) for t in streamed] == [(0, "get_weather")]
+
+
 def test_a_client_that_leaves_aborts_the_sglang_request(sglang_stack: Stack, double: SGLangDouble) -> None:
     double.script(text=STORY * 40, interval=0.05)
     body = {"prompt": "A long story", "stream": True, "max_tokens": 2000}

@@ -45,9 +45,10 @@ class ChatController(Controller):
             payload.model, native, request_id, caller=caller_of(request), session=session
         )
         label_model(request, handle.job.model)  # the base model: adapters would be unbounded
+        parallel = payload.parallel_tool_calls is not False
         if not payload.stream:
-            return Response(await chat_json(handle, request.receive, payload.model))
+            return Response(await chat_json(handle, request.receive, payload.model, parallel=parallel))
         # Returned while the job waits: it answers once the first output (or error) is known.
-        stream = chat_stream(handle, payload.model, include_usage=payload.include_usage)
+        stream = chat_stream(handle, payload.model, include_usage=payload.include_usage, parallel=parallel)
         # Annotated as the JSON object for the OpenAPI document; streams are its other media type.
         return EventStream(stream)  # type: ignore[return-value]

@@ -16,9 +16,11 @@ from gateway.streaming import event_stream
 from sluice.contract import Delta
 
 
-async def chat_json(handle: GenerationHandle, receive: Receive, model: str) -> ChatCompletion:
+async def chat_json(
+    handle: GenerationHandle, receive: Receive, model: str, *, parallel: bool
+) -> ChatCompletion:
     completion = await handle.answer(receive)
-    return to_completion(handle.id, int(time.time()), model, completion)
+    return to_completion(handle.id, int(time.time()), model, completion, parallel=parallel)
 
 
 def output_chunk(chunks: ChunkWriter, output: Output | None, *, first: bool) -> bytes:
@@ -27,13 +29,17 @@ def output_chunk(chunks: ChunkWriter, output: Output | None, *, first: bool) -> 
     return frame(chunks.tool_calls(output.calls, role=first))
 
 
-def chat_stream(handle: GenerationHandle, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
-    frames = _chat_frames(handle, model, include_usage=include_usage)
+def chat_stream(
+    handle: GenerationHandle, model: str, *, include_usage: bool, parallel: bool
+) -> AsyncIterator[bytes]:
+    frames = _chat_frames(handle, model, include_usage=include_usage, parallel=parallel)
     return event_stream(handle, frames, openai_error_frame)
 
 
-async def _chat_frames(handle: GenerationHandle, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
-    chunks = ChunkWriter(handle.id, int(time.time()), model)
+async def _chat_frames(
+    handle: GenerationHandle, model: str, *, include_usage: bool, parallel: bool
+) -> AsyncIterator[bytes]:
+    chunks = ChunkWriter(handle.id, int(time.time()), model, parallel=parallel)
     first = True
     async for output in handle.outputs():
         yield output_chunk(chunks, output, first=first)

@@ -60,8 +60,16 @@ def tool_call_out(call: ToolCall) -> ToolCallOut:
     return ToolCallOut(call.id, FunctionCallOut(call.name, json.dumps(call.arguments)))
 
 
-def to_completion(request_id: str, created: int, model: str, completion: Completion) -> ChatCompletion:
-    calls = [tool_call_out(call) for call in completion.tool_calls] or None
+def allowed_calls(calls: list[ToolCall], *, parallel: bool) -> list[ToolCall]:
+    """The calls an answer may carry: with ``parallel_tool_calls: false``, the first one only (the
+    model may write several in one turn; OpenAI's flag promises at most one)."""
+    return calls if parallel else calls[:1]
+
+
+def to_completion(
+    request_id: str, created: int, model: str, completion: Completion, *, parallel: bool = True
+) -> ChatCompletion:
+    calls = [tool_call_out(call) for call in allowed_calls(completion.tool_calls, parallel=parallel)] or None
     message = AssistantMessage(content=None if calls else completion.text, tool_calls=calls)
     return ChatCompletion(
         id=f"chatcmpl-{request_id}",
@@ -75,10 +83,11 @@ def to_completion(request_id: str, created: int, model: str, completion: Complet
 class ChunkWriter:
     """Builds the chunks of one streamed completion, all with the same id and timestamp."""
 
-    def __init__(self, request_id: str, created: int, model: str) -> None:
+    def __init__(self, request_id: str, created: int, model: str, *, parallel: bool = True) -> None:
         self.id = f"chatcmpl-{request_id}"
         self.created = created
         self.model = model
+        self.parallel = parallel
 
     def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(self.id, self.created, self.model, [ChunkChoice(0, delta, finish_reason)])
@@ -89,6 +98,7 @@ class ChunkWriter:
     def tool_calls(self, calls: list[ToolCall], *, role: bool = False) -> ChatCompletionChunk:
         # Whole calls in one chunk: OpenAI splits arguments into pieces, but SDKs concatenate
         # whatever arrives per index, so one piece is parsed the same way.
+        calls = allowed_calls(calls, parallel=self.parallel)
         chunks = [ToolCallChunk(i, call.id, tool_call_out(call).function) for i, call in enumerate(calls)]
         return self._chunk(ChunkDelta(role="assistant" if role else None, tool_calls=chunks))
 
