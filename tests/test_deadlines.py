@@ -71,7 +71,7 @@ def test_a_stream_past_its_deadline_ends_with_an_error_frame(slow: tuple[str, Re
 def test_a_plain_request_past_its_deadline_is_a_408_in_each_envelope(slow: tuple[str, Redis]) -> None:
     url, _ = slow
     native = httpx.post(
-        f"{url}/client/v4/accounts/acct/ai/run/{MODEL}", json={"prompt": "Hi", "max_tokens": 200}
+        f"{url}/client/v4/accounts/acct/ai/run/{MODEL}", json={"prompt": "Hi", "max_tokens": 200}, timeout=30
     )
     assert native.status_code == 408
     assert native.json()["errors"][0]["code"] == 3007

@@ -72,7 +72,7 @@ def pair(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) 
     redis_url = redis_server.url.rsplit("/", 1)[0] + "/12"
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "SLUICE_AUTH": "keys", "SLUICE_PORT": str(port)}
-    env |= {"SLUICE_WORKER_METRICS_PORT": "0", "SLUICE_HEARTBEAT_TTL": "2"}
+    env |= {"SLUICE_WORKER_METRICS_PORT": "0", "SLUICE_HEARTBEAT_TTL": "3"}
     # Two CPU workers on a 2-core machine: one torch thread each, not two each fighting for cores.
     env |= {"OMP_NUM_THREADS": "1"}
     env["SLUICE_ADAPTER_DIR"] = str(tmp_path_factory.mktemp("adapters"))
