@@ -115,26 +115,49 @@ def _shape(results: list[Result]) -> dict[str, object]:
 OVERHEAD_TOKENS, OVERHEAD_TOKENS_PER_S = 16, 1000.0
 
 
-def overhead(logs: Path, rates: list[float], keyed_rates: list[float], duration: float) -> list[Row]:
-    """Open deployment at every rate; then, at ``keyed_rates``, each request with an API key whose
-    limits never refuse it: what authentication, admission and release add."""
-    pace = str(OVERHEAD_TOKENS_PER_S)
+#: The worker's slots in the overhead stacks: enough that the sweep finds where the machine
+#: saturates, not where one worker's slots run out (the synthetic engine's default is 16; an
+#: SGLang worker takes 256 streams).
+OVERHEAD_SLOTS = 256
+#: Past this share of both cores busy (load generator included), or with any request unanswered,
+#: a rate is saturation: queues, not Sluice, set its latency, and the sweep goes no higher.
+SATURATED_BUSY = 0.9
+
+
+def overhead(
+    logs: Path,
+    rates: list[float],
+    keyed_rates: list[float],
+    duration: float,
+    beyond: list[float] | None = None,
+) -> list[Row]:
+    """Open deployment at every rate, then at each of ``beyond`` until one saturates the machine;
+    at ``keyed_rates`` (those reached), each request also with an API key whose limits never
+    refuse it: what authentication, admission and release add."""
+    pace, slots = str(OVERHEAD_TOKENS_PER_S), str(OVERHEAD_SLOTS)
     key, keys_file = _unlimited_key(logs / "overhead-keys")
     keyed = running(
-        logs / "overhead-keys", synthetic_tokens_per_second=pace, auth="keys", keys_file=str(keys_file)
+        logs / "overhead-keys",
+        synthetic_tokens_per_second=pace,
+        worker_concurrency=slots,
+        auth="keys",
+        keys_file=str(keys_file),
     )
     rows: list[Row] = []
     # Both stacks up at once (the idle one costs next to nothing), each rate measured open and
     # then with a key, back to back: the VM's speed drifts over minutes, and would otherwise
     # pass for what a key costs.
-    open_ = running(logs / "overhead", synthetic_tokens_per_second=pace)
+    open_ = running(logs / "overhead", synthetic_tokens_per_second=pace, worker_concurrency=slots)
     with floor(logs / "overhead") as bare, keyed as with_key, open_ as without:
         _warm(without)
         _warm(with_key, key)
-        for rate in rates:
-            rows += _overhead_at(without, bare, [rate], duration)
+        for rate in [*rates, *(beyond or [])]:
+            opened = _overhead_at(without, bare, [rate], duration)
+            rows += opened
             if rate in keyed_rates:
                 rows += _overhead_at(with_key, bare, [rate], duration, key)
+            if rate not in rates and opened[0]["saturated"]:
+                break
     return rows
 
 
@@ -176,6 +199,7 @@ def _overhead_at(
             row: Row = {"rate": rate, "auth": "key" if key else "open", "sent": len(sluice.results), "ok": ok}
             row["frames"] = shape["frames"]
             row["machine_busy_pct"] = round(sluice.machine_busy * 100)
+            row["saturated"] = ok < len(sluice.results) or sluice.machine_busy >= SATURATED_BUSY
             # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
             gateway_cpu, floor_cpu = sluice.cpu_ms_per_request, bare_server.cpu_ms_per_request
             row["gateway_cpu_ms_per_request"] = gateway_cpu
@@ -191,6 +215,8 @@ def _overhead_at(
         added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
         added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
         added += f", machine {row['machine_busy_pct']} % busy"
+        added += f" ({row['ok']} of {row['sent']} answered)" if row["ok"] < row["sent"] else ""
+        added += ", saturated" if row["saturated"] else ""
         print(f"  overhead @ {rate:>5} req/s ({row['auth']}): {added}")
     return rows
 

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from benchmarks.report import budgets
 
 
+def overhead(rate: float, p50: float, p99: float, cpu: float, **more: Any) -> dict[str, Any]:
+    row = {"rate": rate, "auth": "open", "added_ttft_p50_ms": p50, "added_ttft_p99_ms": p99}
+    return row | {"gateway_cpu_ms_per_request": cpu, "sent": 100, "ok": 100, "machine_busy_pct": 40} | more
+
+
+def verdicts(results: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    return {row["measured"]: row["verdict"] for row in budgets(results)}
+
+
 def test_each_measurement_is_judged_against_its_budget() -> None:
-    overhead = {"rate": 400.0, "auth": "key", "added_ttft_p50_ms": 5.2, "added_ttft_p99_ms": 25.0}
-    overhead["gateway_cpu_ms_per_request"] = 1.2
+    rows = [
+        overhead(400.0, 5.2, 25.0, 1.2, auth="key"),
+        overhead(600.0, 3.0, 9.0, 1.6),
+        overhead(800.0, 40.0, 900.0, 1.1, saturated=True, machine_busy_pct=93, ok=97),
+    ]
     relay = [{"tokens_per_s": 19_000}, {"tokens_per_s": 24_300}]
-    verdicts = {row["measured"]: row["verdict"] for row in budgets({"overhead": [overhead], "relay": relay})}
-    assert verdicts == {
+    assert verdicts({"overhead": rows, "relay": relay}) == {
         "overhead @ 400 req/s, key: added TTFT p50 ms": "5.2 MISSED",
         "overhead @ 400 req/s, key: added TTFT p99 ms": "25.0 met",
-        "overhead @ 400 req/s, key: gateway CPU ms/request": "1.2 met",
+        "overhead @ 400 req/s, key: gateway CPU ms/request": "1.2 (judged at 600 req/s and above)",
+        "overhead @ 600 req/s, open: added TTFT p50 ms": "3.0 met",
+        "overhead @ 600 req/s, open: added TTFT p99 ms": "9.0 met",
+        "overhead @ 600 req/s, open: gateway CPU ms/request": "1.6 MISSED",
+        "overhead @ 800 req/s, open": "saturated (93 % busy, 97 of 100 answered): not judged",
         "relay: most tokens/s one gateway process relayed": "24300 met",
     }
+
+
+def test_a_run_that_saturates_below_the_capacity_rate_does_not_pass_for_one_that_met_it() -> None:
+    rows = [overhead(400.0, 3.0, 9.0, 1.2), overhead(600.0, 30.0, 400.0, 1.1, saturated=True)]
+    judged = verdicts({"overhead": rows})
+    assert judged["gateway CPU ms/request at 600 req/s or more"] == (
+        "NOT SHOWN: the machine saturated at 600 req/s or below"
+    )
