@@ -63,7 +63,9 @@ async def _shown(redis: Redis, job_id: str) -> bool:
     return any(isinstance(decode_event(fields[b"e"]), Delta | ToolCalls) for _, fields in entries)
 
 
-async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
+async def recover_job(redis: Redis, job_id: str, stream_ttl: int, worker_id: str | None = None) -> Action:
+    """``worker_id``: the worker that ran it, if known; the job may have been routed to it, and
+    be in its queue of its own rather than the model's."""
     payload = await redis.get(job_key_prefix + job_id)
     if payload is None:  # it ended (or expired) after all
         return "gone"
@@ -72,6 +74,8 @@ async def recover_job(redis: Redis, job_id: str, stream_ttl: int) -> Action:
         async with redis.pipeline(transaction=True) as pipe:
             await EventLog(redis, stream_ttl).append(Batch({job_id: [failed(interrupted())]}), pipe)
             pipe.zrem(queue_key(job.model), job_id)
+            if worker_id is not None:  # else handed back with the worker's routed jobs, to no end
+                pipe.zrem(direct_queue_key(queue_key(job.model), worker_id), job_id)
             pipe.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id)
             await pipe.execute()
         return "failed"
@@ -120,7 +124,7 @@ async def leave(redis: Redis, worker_id: str, queue: str, stream_ttl: int) -> di
 
 async def _recover_running(redis: Redis, worker_id: str, stream_ttl: int) -> dict[str, Action]:
     jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
-    return {job.decode(): await recover_job(redis, job.decode(), stream_ttl) for job in jobs}
+    return {job.decode(): await recover_job(redis, job.decode(), stream_ttl, worker_id) for job in jobs}
 
 
 async def unrecorded_claims(redis: Redis, queue: str, claim_ms: int, grace_ms: int) -> list[str]:

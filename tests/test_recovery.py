@@ -114,3 +114,23 @@ async def test_a_stopping_workers_routed_job_whose_end_was_not_written_runs_else
     assert [c.id for c in await Claims(redis, "other").take(queue, 1, 60_000)] == [job.id], "run by another"
     assert not await redis.exists(direct_queue_key(queue, "leaving"), running_key("leaving"))
     assert await redis.zscore(WORKERS_KEY, "leaving") is None, "it left the registry"
+
+
+async def test_a_dead_workers_routed_stream_already_shown_ends_and_is_not_handed_back(redis: Redis) -> None:
+    """Its client was told (an error event after the text it saw); the job leaves every queue,
+    rather than go back to the model's queue for a worker to find its data gone."""
+    job = Job(id=new_id(), model="model-r", input=GenerationInput(prompt="Hi", max_tokens=2, stream=True))
+    queue = queue_key(job.model)
+    await redis.set(accepting_key("dead"), b"1")
+    queued = await JobQueue(ArqRedis(connection_pool=redis.connection_pool)).submit(
+        job, account="a", cost=1, worker="dead"
+    )
+    assert queued.routed
+    assert [c.id for c in await Claims(redis, "dead").take(direct_queue_key(queue, "dead"), 1, 60_000)]
+    events: list[Event] = [Started(worker="dead", attempt=1), Delta(text="Hel", tokens=1)]
+    await EventPublisher(redis, ttl_seconds=60).publish(job.id, events)
+    await redis.zadd(WORKERS_KEY, {"dead": int(time.time() * 1000) - 3_600_000})
+
+    assert await recover_worker(redis, "dead", stream_ttl=60) == {job.id: "failed"}
+    assert await redis.zrange(queue, 0, -1) == [], "not handed back"
+    assert not await redis.exists(direct_queue_key(queue, "dead"))
