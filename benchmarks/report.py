@@ -81,7 +81,57 @@ def markdown(results: dict[str, list[Row]], facts: dict[str, Any]) -> str:
         columns = list(rows[0])
         lines += [f"\n## {name}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    if charts := mermaid(results):
+        lines += ["\n## charts\n", charts]
     return "\n".join(lines) + "\n"
+
+
+def mermaid(results: dict[str, list[Row]]) -> str:
+    """The PNG plots' figures as Mermaid charts, which a Markdown page (README) renders as text:
+    no image in git."""
+    charts: list[str] = []
+    if opened := [r for r in results.get("overhead", []) if r.get("auth", "open") == "open"]:
+        rates = [r["rate"] for r in opened]
+        charts.append(
+            _chart(
+                "TTFT added by gateway + queue (ms): p99 above, p50 below; budget 5 / 25",
+                "requests/s",
+                rates,
+                [[r["added_ttft_p99_ms"] for r in opened], [r["added_ttft_p50_ms"] for r in opened]],
+            )
+        )
+        charts.append(
+            _chart(
+                f"Gateway CPU per request (ms) above its bare HTTP server's; budget {BUDGET_CPU_MS}",
+                "requests/s",
+                rates,
+                [
+                    [r["gateway_cpu_ms_per_request"] for r in opened],
+                    [r["floor_cpu_ms_per_request"] for r in opened],
+                ],
+            )
+        )
+    if relay := results.get("relay", []):
+        charts.append(
+            _chart(
+                "Tokens/s one gateway process relayed, against those offered",
+                "concurrent streams",
+                [r["concurrency"] for r in relay],
+                [[r["ideal_tokens_per_s"] for r in relay], [r["tokens_per_s"] for r in relay]],
+            )
+        )
+    return "\n".join(charts)
+
+
+def _chart(title: str, x_label: str, xs: list[Any], lines: list[list[float]]) -> str:
+    body = [
+        "```mermaid",
+        "xychart-beta",
+        f'    title "{title}"',
+        f'    x-axis "{x_label}" [{", ".join(f"{x:g}" for x in xs)}]',
+    ]
+    body += [f"    line [{', '.join(f'{y:g}' for y in line)}]" for line in lines]
+    return "\n".join([*body, "```", ""])
 
 
 def plot(results: dict[str, list[Row]], folder: Path) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import budgets
+from benchmarks.report import budgets, markdown
 
 
 def overhead(rate: float, p50: float, p99: float, cpu: float, **more: Any) -> dict[str, Any]:
@@ -41,3 +41,16 @@ def test_a_run_that_saturates_below_the_capacity_rate_does_not_pass_for_one_that
     assert judged["gateway CPU ms/request at 600 req/s or more"] == (
         "NOT SHOWN: the machine saturated at 600 req/s or below"
     )
+
+
+def test_the_results_page_draws_latency_against_load_as_text() -> None:
+    """results.md carries the plots as Mermaid charts, which the README renders without an image."""
+    rows = [overhead(25.0, 1.7, 2.9, 2.2), overhead(600.0, 2.3, 12.1, 0.66)]
+    for row in rows:
+        row["floor_cpu_ms_per_request"] = 0.4
+    facts = {"cpu": "x86_64", "cores": 2, "python": "3.11", "python_loop_ns": 20, "loopback_round_trip_us": 9}
+    page = markdown({"overhead": rows}, facts)
+    chart = page[page.index("```mermaid") :]
+    assert 'x-axis "requests/s" [25, 600]' in chart
+    assert "line [2.9, 12.1]" in chart
+    assert "line [1.7, 2.3]" in chart
