@@ -20,7 +20,8 @@ def test_each_measurement_is_judged_against_its_budget() -> None:
     rows = [
         overhead(400.0, 5.2, 25.0, 1.2, auth="key"),
         overhead(600.0, 3.0, 9.0, 1.6),
-        overhead(800.0, 40.0, 900.0, 1.1, saturated=True, machine_busy_pct=93, ok=97),
+        overhead(1000.0, 5.8, 22.0, 0.5),
+        overhead(1400.0, 40.0, 900.0, 1.1, saturated=True, machine_busy_pct=93, ok=97),
     ]
     relay = [{"tokens_per_s": 19_000}, {"tokens_per_s": 24_300}]
     assert verdicts({"overhead": rows, "relay": relay}) == {
@@ -30,7 +31,10 @@ def test_each_measurement_is_judged_against_its_budget() -> None:
         "overhead @ 600 req/s, open: added TTFT p50 ms": "3.0 met",
         "overhead @ 600 req/s, open: added TTFT p99 ms": "9.0 met",
         "overhead @ 600 req/s, open: gateway CPU ms/request": "1.6 MISSED",
-        "overhead @ 800 req/s, open": "saturated (93 % busy, 97 of 100 answered): not judged",
+        "overhead @ 1000 req/s, open: added TTFT p50 ms": "5.8 (headroom)",
+        "overhead @ 1000 req/s, open: added TTFT p99 ms": "22.0 (headroom)",
+        "overhead @ 1000 req/s, open: gateway CPU ms/request": "0.5 met",
+        "overhead @ 1400 req/s, open": "saturated (93 % busy, 97 of 100 answered): not judged",
         "relay: most tokens/s one gateway process relayed": "24300 met",
     }
 
