@@ -258,8 +258,10 @@ class GenerationInput(Struct, omit_defaults=True):
     top_k: Annotated[int, Meta(ge=1, le=50)] | None = None
     seed: Annotated[int, Meta(ge=1, le=9999999999)] | None = None
     repetition_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
-    frequency_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
-    presence_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
+    #: OpenAI's range, which both engines honour; the Workers AI edge keeps its own, 0-2
+    #: (``gateway/native/protocol.py``).
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
     lora: str | None = None
     tools: list[Tool] | None = None
     functions: list[FunctionCode] | None = None

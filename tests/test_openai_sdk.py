@@ -132,3 +132,18 @@ def test_n_above_one_is_refused_not_ignored(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=QUESTION, n=2)
     assert raised.value.body["param"] == "n"  # type: ignore[index]
+
+
+def test_a_negative_frequency_penalty_is_honoured_as_openai_does(client: openai.OpenAI) -> None:
+    """OpenAI takes penalties from -2 (the Workers AI schema only from 0): a negative one favours
+    tokens already said, so the greedy answer changes."""
+
+    story: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Write a poem about the sea."}]
+
+    def answer(penalty: float) -> str | None:
+        completion = client.chat.completions.create(
+            model=MODEL, messages=story, temperature=0, max_tokens=32, frequency_penalty=penalty
+        )
+        return completion.choices[0].message.content
+
+    assert answer(-2) != answer(0)

@@ -100,10 +100,15 @@ def test_fields_that_cannot_be_honoured_are_refused_by_name(field: str, value: o
     assert raised.value.param == field
 
 
-def test_negative_penalty_is_refused_naming_the_field() -> None:
-    with pytest.raises(SluiceError) as raised:
-        to_native(chat(frequency_penalty=-1))
-    assert "frequency_penalty" in raised.value.message
+def test_negative_penalties_are_kept_as_openai_allows() -> None:
+    native = to_native(chat(frequency_penalty=-1, presence_penalty=-0.5))
+    assert (native.frequency_penalty, native.presence_penalty) == (-1, -0.5)
+
+
+def test_a_penalty_below_openais_range_is_refused_naming_the_field() -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": -2.5}'
+    with pytest.raises(msgspec.ValidationError, match="frequency_penalty"):
+        msgspec.json.decode(body, type=ChatCompletionRequest)
 
 
 def test_unknown_field_is_refused_by_decoding() -> None:

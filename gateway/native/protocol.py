@@ -3,7 +3,10 @@ envelope and the SSE frames of a stream."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from sluice.contract import GenerationInput, JsonObject, ToolCall, Usage
 
@@ -20,6 +23,9 @@ class RunRequest(GenerationInput, forbid_unknown_fields=True, omit_defaults=True
     :class:`GenerationInput` itself, so it is queued as is (the worker ignores ``options``)."""
 
     options: RunOptions | None = None
+    # The model's schema: only discouraging penalties (OpenAI's may be negative too).
+    frequency_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=0, le=2)] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
