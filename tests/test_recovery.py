@@ -100,14 +100,8 @@ async def test_a_stalled_workers_writes_for_a_job_given_to_another_change_nothin
 async def test_a_stopping_workers_routed_job_whose_end_was_not_written_runs_elsewhere(redis: Redis) -> None:
     """Redis was away as the job ended (its end not written, its mark left): once Redis is back,
     the worker's last step as it stops recovers it, rather than leave it in a queue nobody polls."""
-    job = Job(id=new_id(), model="model-l", input=GenerationInput(prompt="Hi", max_tokens=2))
+    job = await routed_and_taken(redis, "leaving", GenerationInput(prompt="Hi", max_tokens=2))
     queue = queue_key(job.model)
-    await redis.set(accepting_key("leaving"), b"1")
-    queued = await JobQueue(ArqRedis(connection_pool=redis.connection_pool)).submit(
-        job, account="a", cost=1, worker="leaving"
-    )
-    assert queued.routed
-    assert [c.id for c in await Claims(redis, "leaving").take(direct_queue_key(queue, "leaving"), 1, 60_000)]
     await redis.zadd(WORKERS_KEY, {"leaving": int(time.time() * 1000)})
 
     assert await leave(redis, "leaving", queue, stream_ttl=60) == {job.id: "requeued"}
@@ -119,14 +113,8 @@ async def test_a_stopping_workers_routed_job_whose_end_was_not_written_runs_else
 async def test_a_dead_workers_routed_stream_already_shown_ends_and_is_not_handed_back(redis: Redis) -> None:
     """Its client was told (an error event after the text it saw); the job leaves every queue,
     rather than go back to the model's queue for a worker to find its data gone."""
-    job = Job(id=new_id(), model="model-r", input=GenerationInput(prompt="Hi", max_tokens=2, stream=True))
+    job = await routed_and_taken(redis, "dead", GenerationInput(prompt="Hi", max_tokens=2, stream=True))
     queue = queue_key(job.model)
-    await redis.set(accepting_key("dead"), b"1")
-    queued = await JobQueue(ArqRedis(connection_pool=redis.connection_pool)).submit(
-        job, account="a", cost=1, worker="dead"
-    )
-    assert queued.routed
-    assert [c.id for c in await Claims(redis, "dead").take(direct_queue_key(queue, "dead"), 1, 60_000)]
     events: list[Event] = [Started(worker="dead", attempt=1), Delta(text="Hel", tokens=1)]
     await EventPublisher(redis, ttl_seconds=60).publish(job.id, events)
     await redis.zadd(WORKERS_KEY, {"dead": int(time.time() * 1000) - 3_600_000})
@@ -134,3 +122,16 @@ async def test_a_dead_workers_routed_stream_already_shown_ends_and_is_not_handed
     assert await recover_worker(redis, "dead", stream_ttl=60) == {job.id: "failed"}
     assert await redis.zrange(queue, 0, -1) == [], "not handed back"
     assert not await redis.exists(direct_queue_key(queue, "dead"))
+
+
+async def routed_and_taken(redis: Redis, worker: str, request: GenerationInput) -> Job:
+    """A job routed to ``worker`` (its own queue), which has taken it up."""
+    job = Job(id=new_id(), model=f"model-{worker}", input=request)
+    await redis.set(accepting_key(worker), b"1")
+    queued = await JobQueue(ArqRedis(connection_pool=redis.connection_pool)).submit(
+        job, account="a", cost=1, worker=worker
+    )
+    assert queued.routed
+    taken = await Claims(redis, worker).take(direct_queue_key(queue_key(job.model), worker), 1, 60_000)
+    assert [c.id for c in taken] == [job.id]
+    return job
