@@ -48,7 +48,9 @@ async def open_loop(
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
         tasks.append(asyncio.create_task(request()))
         next_at += rng.expovariate(rate)
-    return list(await asyncio.gather(*tasks))
+    # Past saturation requests time out or find no socket: a failed result each, not the run's end.
+    answered = await asyncio.gather(*tasks, return_exceptions=True)
+    return [result if isinstance(result, Result) else Result() for result in answered]
 
 
 async def closed_loop(

@@ -108,6 +108,8 @@ async def _served(
 def _shape(results: list[Result]) -> dict[str, object]:
     """The floor's body: as many frames as the gateway wrote, over as long."""
     ok = [r for r in results if r.status == 200]
+    if not ok:
+        return {"frames": 1, "interval_ms": 0.0}
     frames = max(1, round(statistics.median(len(r.gaps) + 1 for r in ok)))
     return {"frames": frames, "interval_ms": statistics.median(r.e2e for r in ok) * 1000 / frames}
 
@@ -131,9 +133,9 @@ def overhead(
     duration: float,
     beyond: list[float] | None = None,
 ) -> list[Row]:
-    """Open deployment at every rate, then at each of ``beyond`` until one saturates the machine;
-    at ``keyed_rates`` (those reached), each request also with an API key whose limits never
-    refuse it: what authentication, admission and release add."""
+    """Open deployment at each of ``rates`` then ``beyond``, up to the first that saturates the
+    machine; at ``keyed_rates`` (those reached), each request also with an API key whose limits
+    never refuse it: what authentication, admission and release add."""
     pace, slots = str(OVERHEAD_TOKENS_PER_S), str(OVERHEAD_SLOTS)
     key, keys_file = _unlimited_key(logs / "overhead-keys")
     keyed = running(
@@ -154,10 +156,10 @@ def overhead(
         for rate in [*rates, *(beyond or [])]:
             opened = _overhead_at(without, bare, [rate], duration)
             rows += opened
+            if opened[0]["saturated"]:
+                break  # higher rates only queue longer
             if rate in keyed_rates:
                 rows += _overhead_at(with_key, bare, [rate], duration, key)
-            if rate not in rates and opened[0]["saturated"]:
-                break
     return rows
 
 

@@ -40,11 +40,17 @@ def test_each_measurement_is_judged_against_its_budget() -> None:
 
 
 def test_a_run_that_saturates_below_the_capacity_rate_does_not_pass_for_one_that_met_it() -> None:
-    rows = [overhead(400.0, 3.0, 9.0, 1.2), overhead(600.0, 30.0, 400.0, 1.1, saturated=True)]
+    rows = [overhead(200.0, 3.0, 9.0, 1.2), overhead(400.0, 30.0, 400.0, 1.1, saturated=True, ok=90)]
     judged = verdicts({"overhead": rows})
+    assert judged["overhead @ 400 req/s, open"] == "MISSED: saturated (40 % busy, 90 of 100 answered)"
     assert judged["gateway CPU ms/request at 600 req/s or more"] == (
-        "NOT SHOWN: the machine saturated at 600 req/s or below"
+        "NOT SHOWN: the machine saturated at 400 req/s"
     )
+
+
+def test_a_run_that_never_reached_the_capacity_rate_says_so() -> None:
+    judged = verdicts({"overhead": [overhead(200.0, 3.0, 9.0, 1.2)]})
+    assert judged["gateway CPU ms/request at 600 req/s or more"] == "NOT SHOWN: not measured"
 
 
 def test_the_results_page_draws_latency_against_load_as_text() -> None:
