@@ -196,7 +196,7 @@ def test_the_worker_starts_sglang_with_the_operators_flags_and_stops_it_last(
     seen = httpx.get(f"{own_sglang.server}/_log").json()
     argv = seen["argv"]
     assert argv[argv.index("--model-path") + 1] == str(model_dir)
-    assert {"--enable-metrics", "--tp-size", "--enable-lora"} <= set(argv)
+    assert {"--enable-metrics", "--incremental-streaming-output", "--tp-size", "--enable-lora"} <= set(argv)
     own_sglang.worker.send_signal(signal.SIGTERM)
     assert own_sglang.worker.wait(30) == 0
     assert not Path(f"/proc/{seen['pid']}").exists(), "SGLang outlived its worker"

@@ -31,7 +31,12 @@ def _die_with_parent() -> None:
 
 def launch_command(model: str, host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
     """``python -m sglang.launch_server`` for ``model``; ``extra`` flags pass through unchanged
-    and, given twice, win over these (argparse keeps the last)."""
+    and, given twice, win over these (argparse keeps the last).
+
+    Streamed chunks carry only their new text (``--incremental-streaming-output``): by default
+    each carries the whole answer so far, which SGLang encodes and the worker decodes again for
+    every token, bytes that grow with the square of the answer's length. The engine reads
+    either (it asks the server which), so a server started elsewhere may stream both ways."""
     return [
         sys.executable,
         "-m",
@@ -43,6 +48,7 @@ def launch_command(model: str, host: str, port: int, extra: Sequence[str] = ()) 
         "--port",
         str(port),
         "--enable-metrics",
+        "--incremental-streaming-output",
         *extra,
     ]
 
