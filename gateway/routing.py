@@ -96,4 +96,11 @@ class JobRouter:
             self._adverts[queue] = cached
             for worker in cached[1]:  # their adverts count what was routed to them until now
                 self._assigned.pop(worker.id, None)
+            self._forget_sent(now)
         return cached[1]
+
+    def _forget_sent(self, now: float) -> None:
+        """Drop what no longer steers a route, for adapters never asked for again."""
+        for adapter_id, (_, when) in list(self._sent.items()):
+            if now - when >= SENT_SECONDS:
+                del self._sent[adapter_id]

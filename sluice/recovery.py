@@ -110,15 +110,21 @@ async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[
 
 
 async def leave(redis: Redis, worker_id: str, queue: str, stream_ttl: int) -> dict[str, Action]:
-    """A stopping worker's last step, once none of its jobs runs: those whose end it could not
-    write (Redis away as they ended) are recovered as a dead worker's would be, the jobs routed to
-    it go back to ``queue``, and it leaves the registry. (Left marked, a routed job would stay in
-    a queue nobody polls any more.)"""
+    """A stopping worker's last step, once none of its jobs runs: those still recorded as its own
+    (an end not written as Redis was away, a claim whose reply was lost) are recovered as a dead
+    worker's would be, the jobs routed to it go back to ``queue``, and it leaves the registry.
+    (Left marked, a routed job would stay in a queue nobody polls any more.)
+
+    It takes itself over first, as recovery takes a silent worker: if another process found it
+    silent and took it, that one recovers its jobs, and each is recovered once."""
+    if not await claim(redis, worker_id):
+        log.warning("worker %s was taken over by recovery before it left", worker_id)
+        return {}
     actions = await _recover_running(redis, worker_id, stream_ttl)
     await FairQueue(redis).hand_back(queue, worker_id)
     await deregister(redis, worker_id)
     if actions:
-        log.warning("worker %s stopped with jobs whose end it could not write: %s", worker_id, actions)
+        log.warning("worker %s stopped with jobs still recorded as running: %s", worker_id, actions)
     return actions
 
 

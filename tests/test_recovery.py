@@ -33,6 +33,7 @@ from sluice.events import Along
 from sluice.fairqueue import Claims, FairQueue
 from sluice.ids import new_id
 from sluice.recovery import Recovery, leave, recover_worker
+from sluice.registry import claim
 from worker.publish import EventPublisher
 
 
@@ -122,6 +123,19 @@ async def test_a_dead_workers_routed_stream_already_shown_ends_and_is_not_handed
     assert await recover_worker(redis, "dead", stream_ttl=60) == {job.id: "failed"}
     assert await redis.zrange(queue, 0, -1) == [], "not handed back"
     assert not await redis.exists(direct_queue_key(queue, "dead"))
+
+
+async def test_a_worker_taken_over_as_it_leaves_leaves_its_jobs_to_the_taker(redis: Redis) -> None:
+    """Its last ends rode out a Redis blip past its heartbeat's TTL, and another process's
+    recovery took it over: the job is recovered by that process alone, never twice (a second
+    recovery could clear the mark of a worker that took the job up again)."""
+    job = await routed_and_taken(redis, "leaving", GenerationInput(prompt="Hi", max_tokens=2))
+    await redis.zadd(WORKERS_KEY, {"leaving": int(time.time() * 1000) - 3_600_000})
+    assert await claim(redis, "leaving"), "the other process's recovery, first"
+
+    assert await leave(redis, "leaving", queue_key(job.model), stream_ttl=60) == {}
+    assert await redis.exists(in_progress_key_prefix + job.id), "left for the taker to recover"
+    assert await cast(Awaitable[int], redis.sismember(running_key("leaving"), job.id))
 
 
 async def routed_and_taken(redis: Redis, worker: str, request: GenerationInput) -> Job:

@@ -217,12 +217,13 @@ async def _take_jobs(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     if in_flight:
         log.info("draining %d in-flight jobs (up to %.0fs)", len(in_flight), settings.shutdown_grace)
         await asyncio.wait(in_flight, timeout=settings.shutdown_grace)
-    for task in (beating, stopping, failing, *background):
+    for task in (stopping, failing, *background):
         task.cancel()
     leftover = [t for worker in workers for t in worker.tasks.values() if not t.done()]
     for task in leftover:
         task.cancel()  # each stays queued, to run again with its try counted (SlottedWorker._run)
-    await asyncio.gather(*leftover, return_exceptions=True)
+    await asyncio.gather(*leftover, return_exceptions=True)  # their ends may ride out a blip
+    beating.cancel()
     with contextlib.suppress(RedisError, OSError):
         await leave(pool, worker_id, queue, settings.stream_ttl)  # the handed-back routed ones too
     for worker in workers:

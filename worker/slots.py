@@ -163,8 +163,8 @@ class SlottedWorker(Worker):
 
     async def _finish(self, job_id: str, *, over: bool) -> None:
         """The job's end, ridden out over a Redis blip as its events are: one not written leaves
-        the job marked as running here, to be run again once the mark expires (its answer, if it
-        had one, already given)."""
+        the job recorded as running here, recovered as this worker leaves (or, if it dies, as a
+        dead worker's jobs are)."""
 
         await ride_out(
             lambda: self._claims.finish(self.queue_name, job_id, over=over), f"job {job_id}'s end", log
