@@ -59,24 +59,18 @@ def _overhead_verdicts(r: Row) -> list[Row]:
         if r["rate"] <= CAPACITY_RATE:  # the budgets hold up to there, or they do not
             return [{"measured": where, "verdict": f"MISSED: saturated ({how})"}]
         return [{"measured": where, "verdict": f"saturated ({how}): not judged"}]
-    cpu, p50, p99 = r["gateway_cpu_ms_per_request"], r["added_ttft_p50_ms"], r["added_ttft_p99_ms"]
     headroom = r["rate"] > CAPACITY_RATE
-    return [
-        {
-            "measured": f"{where}: added TTFT p50 ms",
-            "verdict": f"{p50} (headroom)" if headroom else _against(p50, BUDGET_TTFT_P50_MS),
-        },
-        {
-            "measured": f"{where}: added TTFT p99 ms",
-            "verdict": f"{p99} (headroom)" if headroom else _against(p99, BUDGET_TTFT_P99_MS),
-        },
-        {
-            "measured": f"{where}: gateway CPU ms/request",
-            "verdict": _against(cpu, BUDGET_CPU_MS)
-            if r["rate"] >= CAPACITY_RATE
-            else f"{cpu} (judged at {CAPACITY_RATE:g} req/s and above)",
-        },
-    ]
+    rows = []
+    for q, budget in (("p50", BUDGET_TTFT_P50_MS), ("p99", BUDGET_TTFT_P99_MS)):
+        added = r[f"added_ttft_{q}_ms"]
+        verdict = f"{added} (headroom)" if headroom else _against(added, budget)
+        rows.append({"measured": f"{where}: added TTFT {q} ms", "verdict": verdict})
+    cpu = r["gateway_cpu_ms_per_request"]
+    judged = r["rate"] >= CAPACITY_RATE
+    verdict = (
+        _against(cpu, BUDGET_CPU_MS) if judged else f"{cpu} (judged at {CAPACITY_RATE:g} req/s and above)"
+    )
+    return [*rows, {"measured": f"{where}: gateway CPU ms/request", "verdict": verdict}]
 
 
 def markdown(results: dict[str, list[Row]], facts: dict[str, Any]) -> str:

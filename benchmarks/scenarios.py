@@ -154,12 +154,11 @@ def overhead(
         _warm(without)
         _warm(with_key, key)
         for rate in [*rates, *(beyond or [])]:
-            opened = _overhead_at(without, bare, [rate], duration)
-            rows += opened
-            if opened[0]["saturated"]:
+            rows.append(opened := _overhead_at(without, bare, rate, duration))
+            if opened["saturated"]:
                 break  # higher rates only queue longer
             if rate in keyed_rates:
-                rows += _overhead_at(with_key, bare, [rate], duration, key)
+                rows.append(_overhead_at(with_key, bare, rate, duration, key))
     return rows
 
 
@@ -179,48 +178,41 @@ def _unlimited_key(folder: Path) -> tuple[str, Path]:
     return key, path
 
 
-def _overhead_at(
-    stack: Stack, bare: Floor, rates: list[float], duration: float, key: str | None = None
-) -> list[Row]:
+def _overhead_at(stack: Stack, bare: Floor, rate: float, duration: float, key: str | None = None) -> Row:
     tokens = OVERHEAD_TOKENS
     served = ServedModel(name=MODEL, engine="synthetic", model="synthetic")
     headers = {"authorization": f"Bearer {key}"} if key else None
     body = run_body(tokens)
-    rows: list[Row] = []
-    for rate in rates:
 
-        async def measure(rate: float = rate) -> Row:
-            engine = SyntheticEngine(served, tokens_per_second=OVERHEAD_TOKENS_PER_S, first_token_delay=0.0)
-            base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
-            sluice = await _served(
-                stack.url, stack.run_path, body, stack.gateway_pid, rate, duration, headers
-            )
-            shape = _shape(sluice.results)
-            bare_server = await _served(bare.url, "/", shape, bare.pid, rate, duration)
-            ok = sum(r.status == 200 for r in sluice.results)
-            row: Row = {"rate": rate, "auth": "key" if key else "open", "sent": len(sluice.results), "ok": ok}
-            row["frames"] = shape["frames"]
-            row["machine_busy_pct"] = round(sluice.machine_busy * 100)
-            row["saturated"] = ok < len(sluice.results) or sluice.machine_busy >= SATURATED_BUSY
-            # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
-            gateway_cpu, floor_cpu = sluice.cpu_ms_per_request, bare_server.cpu_ms_per_request
-            row["gateway_cpu_ms_per_request"] = gateway_cpu
-            row["floor_cpu_ms_per_request"] = floor_cpu
-            row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
-            return row | latency_row(base, "engine") | latency_row(sluice.results, "sluice")
+    async def measure() -> Row:
+        engine = SyntheticEngine(served, tokens_per_second=OVERHEAD_TOKENS_PER_S, first_token_delay=0.0)
+        base = await open_loop(lambda: in_process(engine, tokens), rate, duration)
+        sluice = await _served(stack.url, stack.run_path, body, stack.gateway_pid, rate, duration, headers)
+        shape = _shape(sluice.results)
+        bare_server = await _served(bare.url, "/", shape, bare.pid, rate, duration)
+        ok = sum(r.status == 200 for r in sluice.results)
+        row: Row = {"rate": rate, "auth": "key" if key else "open", "sent": len(sluice.results), "ok": ok}
+        row["frames"] = shape["frames"]
+        row["machine_busy_pct"] = round(sluice.machine_busy * 100)
+        row["saturated"] = ok < len(sluice.results) or sluice.machine_busy >= SATURATED_BUSY
+        # The budget: <= 1.5 ms of gateway CPU per streamed 16-token request.
+        gateway_cpu, floor_cpu = sluice.cpu_ms_per_request, bare_server.cpu_ms_per_request
+        row["gateway_cpu_ms_per_request"] = gateway_cpu
+        row["floor_cpu_ms_per_request"] = floor_cpu
+        row["gateway_cpu_vs_floor"] = round(gateway_cpu / floor_cpu, 2) if floor_cpu else None
+        return row | latency_row(base, "engine") | latency_row(sluice.results, "sluice")
 
-        row = run(measure())
-        row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
-        row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
-        rows.append(row)
-        added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
-        added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
-        added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
-        added += f", machine {row['machine_busy_pct']} % busy"
-        added += f" ({row['ok']} of {row['sent']} answered)" if row["ok"] < row["sent"] else ""
-        added += ", saturated" if row["saturated"] else ""
-        print(f"  overhead @ {rate:>5} req/s ({row['auth']}): {added}")
-    return rows
+    row = run(measure())
+    row["added_ttft_p50_ms"] = round(row["sluice_ttft_p50_ms"] - row["engine_ttft_p50_ms"], 2)
+    row["added_ttft_p99_ms"] = round(row["sluice_ttft_p99_ms"] - row["engine_ttft_p99_ms"], 2)
+    added = f"+{row['added_ttft_p50_ms']} ms p50, +{row['added_ttft_p99_ms']} ms p99"
+    added += f", gateway {row['gateway_cpu_ms_per_request']} ms CPU/request"
+    added += f" ({row['gateway_cpu_vs_floor']}x the bare server's)"
+    added += f", machine {row['machine_busy_pct']} % busy"
+    added += f" ({row['ok']} of {row['sent']} answered)" if row["ok"] < row["sent"] else ""
+    added += ", saturated" if row["saturated"] else ""
+    print(f"  overhead @ {rate:>5} req/s ({row['auth']}): {added}")
+    return row
 
 
 # --- 2. relay ---------------------------------------------------------------------------------

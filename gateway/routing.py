@@ -74,8 +74,9 @@ class JobRouter:
         if adapter is not None and (sent := self._sent.get(adapter.id)):
             # Sent there and not advertised yet: its job waits, or loads it, or ran before the
             # worker's next beat. A job takes longer than a beat, so time alone cannot tell.
-            if sent[0] in holders or now - sent[1] >= SENT_SECONDS:
-                del self._sent[adapter.id]  # advertised, or never will be: its adverts tell
+            # (Past SENT_SECONDS it never will be: dropped as the adverts are read, _forget_sent.)
+            if sent[0] in holders:
+                del self._sent[adapter.id]  # advertised: its adverts tell from now on
             else:
                 holders.add(sent[0])
         with_room = [w for w in workers if w.id in holders and _free(w) > 0]

@@ -34,7 +34,6 @@ from sluice.contract import (
     WORKERS_KEY,
     Delta,
     ToolCalls,
-    claim_receipts_key,
     decode_event,
     decode_job,
     deserialize_arq_job,
@@ -44,7 +43,6 @@ from sluice.contract import (
     queue_key,
     recovering_key,
     running_key,
-    worker_key,
 )
 from sluice.errors import interrupted
 from sluice.events import Batch, EventLog, failed
@@ -101,10 +99,8 @@ async def recover_worker(redis: Redis, worker_id: str, stream_ttl: int) -> dict[
     the jobs routed to it go back to their models' shared queues."""
     if not await claim(redis, worker_id):
         return {}
-    actions = await _recover_running(redis, worker_id, stream_ttl)
-    for queue in await direct_queues(redis, worker_id):  # its routed jobs, the requeued ones among them
-        await FairQueue(redis).hand_back(queue, worker_id)
-    await redis.delete(running_key(worker_id), worker_key(worker_id), claim_receipts_key(worker_id))
+    # Its routed jobs, the requeued ones among them, go back to whichever models' queues they are of.
+    actions = await _clear(redis, worker_id, await direct_queues(redis, worker_id), stream_ttl)
     log.warning("worker %s went silent; its jobs: %s", worker_id, actions or "none")
     return actions
 
@@ -120,17 +116,21 @@ async def leave(redis: Redis, worker_id: str, queue: str, stream_ttl: int) -> di
     if not await claim(redis, worker_id):
         log.warning("worker %s was taken over by recovery before it left", worker_id)
         return {}
-    actions = await _recover_running(redis, worker_id, stream_ttl)
-    await FairQueue(redis).hand_back(queue, worker_id)
-    await deregister(redis, worker_id)
+    actions = await _clear(redis, worker_id, [queue], stream_ttl)
     if actions:
         log.warning("worker %s stopped with jobs still recorded as running: %s", worker_id, actions)
     return actions
 
 
-async def _recover_running(redis: Redis, worker_id: str, stream_ttl: int) -> dict[str, Action]:
+async def _clear(redis: Redis, worker_id: str, queues: list[str], stream_ttl: int) -> dict[str, Action]:
+    """A worker taken over (:func:`claim`): the jobs it still records as running recovered, those
+    routed to it on ``queues`` handed back, and its keys gone."""
     jobs = await cast(Awaitable[set[bytes]], redis.smembers(running_key(worker_id)))
-    return {job.decode(): await recover_job(redis, job.decode(), stream_ttl, worker_id) for job in jobs}
+    actions = {job.decode(): await recover_job(redis, job.decode(), stream_ttl, worker_id) for job in jobs}
+    for queue in queues:
+        await FairQueue(redis).hand_back(queue, worker_id)
+    await deregister(redis, worker_id)
+    return actions
 
 
 async def unrecorded_claims(redis: Redis, queue: str, claim_ms: int, grace_ms: int) -> list[str]:
